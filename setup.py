@@ -1,0 +1,22 @@
+"""Packaging for siammae_jax (setuptools)."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="siammae_jax",
+    version="0.1.0",
+    description="Siamese Masked Autoencoders (SiamMAE) in JAX/Flax",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["siammae_jax", "siammae_jax.*"]),
+    install_requires=[
+        "jax>=0.10.0",
+        "flax>=0.12.8",  # nnx.List, eager_sharding metadata
+        "optax>=0.2.8",
+        "numpy>=2.0",
+    ],
+    extras_require={
+        "test": ["pytest>=8.0", "ruff>=0.17,<0.18"],
+    },
+)

@@ -1,0 +1,299 @@
+"""Siamese Masked Autoencoder (Gupta et al., NeurIPS 2023).
+
+One ViT encoder with shared weights encodes the past frame f1 whole and the
+visible 5% of the future frame f2; a decoder of cross-self blocks predicts the
+masked patches of f2 from its visible tokens and all of f1's tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from siammae_jax.models import layers, vit
+
+Dtype = Any
+DECODER_TYPES = ("cross_self", "cross", "joint")
+
+
+class Output(NamedTuple):
+    """What a SiamMAE forward pass returns.
+
+    loss: scalar, mean squared error over the masked f2 patches (float32).
+    pred: [B, N, p*p*3] predicted pixels of every f2 patch.
+    target: [B, N, p*p*3] the (norm-pix when enabled) f2 patches.
+    mask: [B, N] float32, 1 where the f2 patch was masked (the loss' support).
+    attention: [B, heads, N, 1+N] last decoder block's attention of f2 patch
+      queries over f1 tokens ([CLS] first), when requested; else None.
+    """
+
+    loss: jax.Array
+    pred: jax.Array
+    target: jax.Array
+    mask: jax.Array
+    attention: jax.Array | None
+
+
+def num_visible(num_patches: int, mask_ratio: float) -> int:
+    """Visible patches per sample: round(N x (1 - mask_ratio))."""
+    return int(round(num_patches * (1.0 - mask_ratio)))
+
+
+def random_mask(
+    key: jax.Array, batch: int, num_patches: int, mask_ratio: float
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Draws a uniformly random mask per sample.
+
+    Returns:
+      ``(visible, restore, mask)``: visible [B, K] patch indices (K =
+      ``num_visible``), restore [B, N] the permutation that puts
+      ``[visible..., masked...]`` back into patch order, mask [B, N] (1 = masked).
+    """
+    keep = num_visible(num_patches, mask_ratio)
+    shuffle = jnp.argsort(jax.random.uniform(key, (batch, num_patches)), axis=1)
+    restore = jnp.argsort(shuffle, axis=1)
+    mask = (restore >= keep).astype(jnp.float32)
+    return shuffle[:, :keep], restore, mask
+
+
+def norm_pix(patches: jax.Array, eps: float = 1e-6) -> jax.Array:
+    """Per-patch normalised pixels (MAE's norm-pix target), in float32."""
+    x = patches.astype(jnp.float32)
+    mean = x.mean(-1, keepdims=True)
+    var = x.var(-1, keepdims=True)
+    return (x - mean) / jnp.sqrt(var + eps)
+
+
+def masked_l2(pred: jax.Array, target: jax.Array, mask: jax.Array) -> jax.Array:
+    """Mean over masked patches of the per-patch mean squared error."""
+    per_patch = jnp.mean((pred.astype(jnp.float32) - target) ** 2, axis=-1)
+    return jnp.sum(per_patch * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+class CrossSelfBlock(nnx.Module):
+    """Decoder block: cross-attention to f1, optional self-attention, then MLP.
+
+    ``self_attention=False`` gives the paper's ``cross`` block.
+    """
+
+    def __init__(self, dim, num_heads, mlp_ratio, *, self_attention, **kw):
+        self.norm_q = layers.layer_norm(dim, **_norm_kw(kw))
+        self.norm_kv = layers.layer_norm(dim, **_norm_kw(kw))
+        self.cross = layers.Attention(dim, num_heads, **kw)
+        if self_attention:
+            self.norm_self = layers.layer_norm(dim, **_norm_kw(kw))
+            self.attn = layers.Attention(dim, num_heads, **kw)
+        else:
+            self.attn = None
+        self.norm_mlp = layers.layer_norm(dim, **_norm_kw(kw))
+        self.mlp = layers.Mlp(dim, int(dim * mlp_ratio), **kw)
+
+    def __call__(self, x, context, *, return_weights=False):
+        a, weights = self.cross(
+            self.norm_q(x), self.norm_kv(context), return_weights=return_weights
+        )
+        x = x + a
+        if self.attn is not None:
+            x = x + self.attn(self.norm_self(x))[0]
+        x = x + self.mlp(self.norm_mlp(x))
+        return layers.constrain(x, layers.TOKENS), weights
+
+
+def _norm_kw(kw):
+    return {k: kw[k] for k in ("dtype", "param_dtype", "rngs")}
+
+
+class SiamMAE(nnx.Module):
+    """Siamese masked autoencoder over frame pairs.
+
+    Args:
+      encoder: ViT variant, e.g. ``"S/16"`` (see ``vit.SIZES``).
+      image_size: training resolution (square int or ``(h, w)``).
+      mask_ratio: fraction of f2's patches masked, in (0, 1); default 0.95.
+      decoder_type: ``"cross_self"`` (default), ``"cross"`` or ``"joint"``.
+      decoder_dim, decoder_depth, decoder_heads: decoder size (512/8/16, MAE's).
+      decoder_mlp_ratio: hidden width of decoder MLPs over ``decoder_dim``.
+      norm_pix_loss: regress per-patch normalised pixels (MAE's norm-pix).
+      dtype: compute dtype; param_dtype: storage dtype of the parameters.
+      rngs: ``nnx.Rngs`` for initialisation.
+
+    Raises:
+      ValueError: naming the bad field and its allowed values.
+    """
+
+    def __init__(
+        self,
+        encoder: str = "S/16",
+        *,
+        image_size: int | tuple[int, int] = 224,
+        mask_ratio: float = 0.95,
+        decoder_type: str = "cross_self",
+        decoder_dim: int = 512,
+        decoder_depth: int = 8,
+        decoder_heads: int = 16,
+        decoder_mlp_ratio: float = 4.0,
+        norm_pix_loss: bool = True,
+        dtype: Dtype = jnp.float32,
+        param_dtype: Dtype = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        _check_decoder(
+            mask_ratio, decoder_type, decoder_dim, decoder_depth, decoder_heads
+        )
+        self.encoder = vit.ViT(
+            encoder,
+            image_size=image_size,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            rngs=rngs,
+        )
+        grid = self.encoder.grid
+        if num_visible(grid[0] * grid[1], mask_ratio) < 1:
+            raise ValueError(
+                f"mask_ratio={mask_ratio} leaves no visible patch of the {grid[0]}x{grid[1]} "
+                "grid; lower mask_ratio or use a larger image_size."
+            )
+        self.mask_ratio = mask_ratio
+        self.decoder_type = decoder_type
+        self.norm_pix_loss = norm_pix_loss
+        self.dtype = dtype
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        patch = self.encoder.patch
+        self.decoder_embed = layers.dense(
+            self.encoder.width, decoder_dim, ("embed", "decoder_embed"), **kw
+        )
+        self.mask_token = nnx.Param(
+            layers.named(nnx.initializers.normal(0.02), (None, None, "decoder_embed"))(
+                rngs.params(), (1, 1, decoder_dim), param_dtype
+            )
+        )
+        pos = np.concatenate(
+            [np.zeros((1, decoder_dim)), vit.sincos_2d(decoder_dim, grid)]
+        )
+        self.decoder_pos = vit.PosEmbed(
+            jnp.asarray(pos[None], jnp.float32),
+            out_sharding=(None, None, "decoder_embed"),
+            eager_sharding=False,
+        )
+        if decoder_type == "joint":
+            blocks = [
+                layers.Block(decoder_dim, decoder_heads, decoder_mlp_ratio, **kw)
+                for _ in range(decoder_depth)
+            ]
+        else:
+            blocks = [
+                CrossSelfBlock(
+                    decoder_dim,
+                    decoder_heads,
+                    decoder_mlp_ratio,
+                    self_attention=decoder_type == "cross_self",
+                    **kw,
+                )
+                for _ in range(decoder_depth)
+            ]
+        self.decoder_blocks = nnx.List(blocks)
+        self.decoder_norm = layers.layer_norm(decoder_dim, **kw)
+        self.decoder_pred = layers.dense(
+            decoder_dim, patch * patch * 3, ("decoder_embed", "patch"), **kw
+        )
+
+    def encode_pair(self, f1, f2, key):
+        """Encodes f1 whole and the visible patches of f2 (drawn from ``key``)."""
+        grid = self.encoder.grid
+        if f1.shape != f2.shape or f1.shape[1:3] != (
+            grid[0] * self.encoder.patch,
+            grid[1] * self.encoder.patch,
+        ):
+            raise ValueError(
+                f"frames of shape {f1.shape} and {f2.shape} do not match the model's "
+                f"image_size {grid[0] * self.encoder.patch}x{grid[1] * self.encoder.patch}."
+            )
+        visible, restore, mask = random_mask(
+            key, f2.shape[0], grid[0] * grid[1], self.mask_ratio
+        )
+        z1, _ = self.encoder(f1)
+        z2, _ = self.encoder(f2, visible=visible)
+        return z1, z2, restore, mask
+
+    def decode(self, z1, z2, restore, *, return_attention=False):
+        """Predicts every f2 patch from f1's tokens and f2's visible tokens.
+
+        Returns ``(pred [B, N, p*p*3], attention or None)``.
+        """
+        x1 = self.decoder_embed(z1)
+        x2 = self.decoder_embed(z2)
+        b, n = restore.shape
+        fill = jnp.broadcast_to(
+            self.mask_token[...].astype(x2.dtype),
+            (b, n - (x2.shape[1] - 1), x2.shape[2]),
+        )
+        patches = jnp.concatenate([x2[:, 1:], fill], axis=1)
+        patches = jnp.take_along_axis(patches, restore[..., None], axis=1)
+        pos = self.decoder_pos[...].astype(x2.dtype)
+        x2 = jnp.concatenate([x2[:, :1], patches], axis=1) + pos
+        x1 = x1 + pos
+        x2 = layers.constrain(x2, layers.TOKENS)
+        attention = None
+        for i, block in enumerate(self.decoder_blocks):
+            want = return_attention and i == len(self.decoder_blocks) - 1
+            if self.decoder_type == "joint":
+                joint, weights = block(
+                    jnp.concatenate([x1, x2], 1), return_weights=want
+                )
+                x1, x2 = joint[:, : x1.shape[1]], joint[:, x1.shape[1] :]
+                if want:  # f2 queries over the f1 keys, renormalised.
+                    weights = weights[:, :, x1.shape[1] :, : x1.shape[1]]
+                    weights = weights / weights.sum(-1, keepdims=True)
+            else:
+                x2, weights = block(x2, x1, return_weights=want)
+            attention = weights if want else attention
+        pred = self.decoder_pred(self.decoder_norm(x2))[:, 1:]
+        if attention is not None:
+            attention = attention[:, :, 1:]
+        return pred, attention
+
+    def __call__(
+        self, f1: jax.Array, f2: jax.Array, key: jax.Array, *, return_attention=False
+    ) -> Output:
+        """Loss and predictions for a batch of frame pairs.
+
+        Args:
+          f1, f2: [B, H, W, 3] past and future frames (same crop), normalised.
+          key: PRNG key for f2's masks (one mask per sample).
+          return_attention: also return the last decoder block's attention.
+        """
+        z1, z2, restore, mask = self.encode_pair(f1, f2, key)
+        pred, attention = self.decode(
+            z1, z2, restore, return_attention=return_attention
+        )
+        target = vit.patchify(f2, self.encoder.patch).astype(jnp.float32)
+        if self.norm_pix_loss:
+            target = norm_pix(target)
+        loss = masked_l2(pred, target, mask)
+        return Output(loss, pred, target, mask, attention)
+
+
+def _check_decoder(mask_ratio, decoder_type, dim, depth, heads):
+    if not 0.0 < mask_ratio < 1.0:
+        raise ValueError(
+            f"mask_ratio={mask_ratio} must lie in the open interval (0, 1)."
+        )
+    if decoder_type not in DECODER_TYPES:
+        raise ValueError(
+            f"decoder_type={decoder_type!r} must be one of {DECODER_TYPES}."
+        )
+    if dim < 1 or depth < 1 or heads < 1:
+        raise ValueError(
+            f"decoder_dim={dim}, decoder_depth={depth}, decoder_heads={heads} "
+            "must all be positive."
+        )
+    if dim % heads:
+        raise ValueError(f"decoder_heads={heads} must divide decoder_dim={dim}.")
+    if dim % 4:
+        raise ValueError(
+            f"decoder_dim={dim} must be a multiple of 4 (sin-cos position embeddings)."
+        )

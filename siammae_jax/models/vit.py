@@ -1,0 +1,237 @@
+"""ViT encoder with fixed 2-D sin-cos position embeddings and a [CLS] token.
+
+Why Flax NNX: it is what Flax recommends for new code, its variables carry
+sharding metadata (logical axis names) directly, and ``nnx.split`` gives a
+plain pytree of parameters for a functional, jit-compiled train step and for
+orbax checkpoints, the layout big_vision and MaxText use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from siammae_jax.models import layers
+
+Dtype = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class ViTSize:
+    """Width, depth and heads of a named ViT size."""
+
+    width: int
+    depth: int
+    num_heads: int
+    mlp_ratio: float = 4.0
+
+
+# Standard sizes (ViT/DeiT papers) plus two small ones: `demo` is the CPU
+# pre-training size of the demo, `test` the size the unit tests compile.
+SIZES: dict[str, ViTSize] = {
+    "test": ViTSize(32, 2, 2),
+    "demo": ViTSize(192, 4, 3),
+    "Ti": ViTSize(192, 12, 3),
+    "S": ViTSize(384, 12, 6),
+    "B": ViTSize(768, 12, 12),
+    "L": ViTSize(1024, 24, 16),
+}
+
+_VARIANT = re.compile(r"^(?:ViT-)?(?P<size>[A-Za-z]+)/(?P<patch>\d+)$")
+
+
+def parse_variant(variant: str) -> tuple[ViTSize, int]:
+    """Parses ``"S/16"`` (or ``"ViT-S/16"``) into its size and patch size.
+
+    Raises:
+      ValueError: naming the field ``encoder`` and the allowed sizes.
+    """
+    m = _VARIANT.match(variant)
+    if not m or m["size"] not in SIZES or int(m["patch"]) < 1:
+        raise ValueError(
+            f"encoder={variant!r} is not a ViT variant; expected '<size>/<patch>' "
+            f"with size in {sorted(SIZES)}, e.g. 'S/16' or 'B/16'."
+        )
+    return SIZES[m["size"]], int(m["patch"])
+
+
+def sincos_1d(dim: int, pos: np.ndarray) -> np.ndarray:
+    """Sin-cos embedding of positions ``pos`` with ``dim`` channels (sin, then cos)."""
+    omega = 1.0 / 10000 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2.0))
+    out = np.outer(pos.reshape(-1).astype(np.float64), omega)
+    return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+
+def sincos_2d(dim: int, grid: tuple[int, int]) -> np.ndarray:
+    """Fixed 2-D sin-cos position embeddings, MAE's layout, shape [h*w, dim].
+
+    Tokens are in row-major order; the first half of the channels encodes the
+    column (x) coordinate and the second half the row (y), as in MAE's released
+    ``get_2d_sincos_pos_embed`` so its checkpoints line up with ours.
+    """
+    if dim % 4:
+        raise ValueError(f"sin-cos position embeddings need width % 4 == 0, got {dim}.")
+    rows, cols = np.meshgrid(np.arange(grid[0]), np.arange(grid[1]), indexing="ij")
+    return np.concatenate(
+        [sincos_1d(dim // 2, cols), sincos_1d(dim // 2, rows)], axis=1
+    ).astype(np.float32)
+
+
+def patchify(images: jax.Array, patch: int) -> jax.Array:
+    """[B, H, W, C] -> [B, (H/p)*(W/p), p*p*C], each patch flattened (row, col, channel)."""
+    b, h, w, c = images.shape
+    if h % patch or w % patch:
+        raise ValueError(
+            f"image size {h}x{w} is not divisible by the patch size {patch}."
+        )
+    x = images.reshape(b, h // patch, patch, w // patch, patch, c)
+    return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, (h // patch) * (w // patch), -1)
+
+
+def unpatchify(patches: jax.Array, patch: int, grid: tuple[int, int]) -> jax.Array:
+    """Inverse of ``patchify``: [B, h*w, p*p*C] -> [B, h*p, w*p, C]."""
+    b, _, d = patches.shape
+    c = d // (patch * patch)
+    x = patches.reshape(b, grid[0], grid[1], patch, patch, c)
+    return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, grid[0] * patch, grid[1] * patch, c)
+
+
+class PosEmbed(nnx.Variable):
+    """Position embeddings: a fixed buffer, not trained (excluded from ``nnx.Param``)."""
+
+
+def resample_pos_embed(
+    pos: jax.Array, old_grid: tuple[int, int], new_grid: tuple[int, int]
+) -> jax.Array:
+    """Resamples [1, 1+h*w, D] position embeddings to another grid (bicubic).
+
+    The [CLS] entry (index 0) is kept as it is.
+    """
+    if tuple(old_grid) == tuple(new_grid):
+        return pos
+    cls, grid = pos[:, :1], pos[:, 1:]
+    d = grid.shape[-1]
+    grid = grid.reshape(1, *old_grid, d).astype(jnp.float32)
+    grid = jax.image.resize(grid, (1, *new_grid, d), method="bicubic", antialias=False)
+    return jnp.concatenate([cls, grid.reshape(1, -1, d).astype(pos.dtype)], axis=1)
+
+
+class ViT(nnx.Module):
+    """Vision Transformer encoder (pre-norm blocks, final LayerNorm).
+
+    Args:
+      variant: named size and patch, e.g. ``"S/16"`` (see ``SIZES``).
+      image_size: the (square or ``(h, w)``) training resolution; position
+        embeddings are built for its grid and resampled for other inputs.
+      dtype: compute dtype (e.g. ``jnp.bfloat16``); ``param_dtype``: storage.
+    """
+
+    def __init__(
+        self,
+        variant: str = "S/16",
+        *,
+        image_size: int | tuple[int, int] = 224,
+        dtype: Dtype = jnp.float32,
+        param_dtype: Dtype = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        size, patch = parse_variant(variant)
+        hw = (
+            (image_size, image_size)
+            if isinstance(image_size, int)
+            else tuple(image_size)
+        )
+        if any(s % patch for s in hw):
+            raise ValueError(
+                f"image_size={image_size} must be divisible by the patch size {patch} "
+                f"of encoder={variant!r}."
+            )
+        if size.width % size.num_heads:
+            raise ValueError(
+                f"encoder={variant!r}: heads {size.num_heads} must divide width {size.width}."
+            )
+        self.variant = variant
+        self.patch = patch
+        self.width = size.width
+        self.grid = (hw[0] // patch, hw[1] // patch)
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.dtype = dtype
+        self.patch_embed = layers.dense(
+            patch * patch * 3, size.width, ("patch", "embed"), **kw
+        )
+        self.cls_token = nnx.Param(
+            layers.named(nnx.initializers.normal(0.02), (None, None, "embed"))(
+                rngs.params(), (1, 1, size.width), param_dtype
+            )
+        )
+        pos = np.concatenate(
+            [np.zeros((1, size.width)), sincos_2d(size.width, self.grid)]
+        )
+        self.pos_embed = PosEmbed(
+            jnp.asarray(pos[None], jnp.float32),
+            out_sharding=(None, None, "embed"),
+            eager_sharding=False,
+        )
+        self.blocks = nnx.List(
+            [
+                layers.Block(size.width, size.num_heads, size.mlp_ratio, **kw)
+                for _ in range(size.depth)
+            ]
+        )
+        self.norm = layers.layer_norm(size.width, **kw)
+
+    def pos_for_grid(self, grid: tuple[int, int]) -> jax.Array:
+        """Position embeddings [1, 1+h*w, D] for a token grid, resampled if needed."""
+        return resample_pos_embed(self.pos_embed[...], self.grid, grid)
+
+    def __call__(
+        self,
+        images: jax.Array,
+        *,
+        visible: jax.Array | None = None,
+        return_attention: bool = False,
+    ) -> tuple[jax.Array, jax.Array | None]:
+        """Encodes images.
+
+        Args:
+          images: [B, H, W, 3], H and W multiples of the patch size.
+          visible: optional [B, K] int indices of the patches to encode (in
+            row-major patch order); the others never enter the network.
+          return_attention: also return the last block's attention weights.
+
+        Returns:
+          ``(tokens, attention)``: tokens [B, 1+K, D] after the final norm with
+          [CLS] first (K = all patches when ``visible`` is None); attention
+          [B, heads, 1+K, 1+K] in float32, or None.
+        """
+        grid = (images.shape[1] // self.patch, images.shape[2] // self.patch)
+        patches = patchify(images, self.patch)
+        pos = self.pos_for_grid(grid)
+        x = self.patch_embed(patches.astype(self.dtype)) + pos[:, 1:].astype(self.dtype)
+        if visible is not None:
+            x = jnp.take_along_axis(x, visible[..., None], axis=1)
+        cls = (self.cls_token[...] + pos[:, :1]).astype(x.dtype)
+        x = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, x.shape[-1])), x], 1)
+        x = layers.constrain(x, layers.TOKENS)
+        attention = None
+        for i, block in enumerate(self.blocks):
+            last = i == len(self.blocks) - 1
+            x, attention = block(x, return_weights=return_attention and last)
+        return self.norm(x), attention
+
+    def features(self, images: jax.Array) -> jax.Array:
+        """Frozen features for label propagation: L2-normalised patch tokens.
+
+        Returns [B, h, w, D] (the [CLS] token dropped), in float32.
+        """
+        tokens, _ = self(images)
+        grid = (images.shape[1] // self.patch, images.shape[2] // self.patch)
+        x = tokens[:, 1:].astype(jnp.float32)
+        x = x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+        return x.reshape(x.shape[0], *grid, x.shape[-1])
