@@ -15,6 +15,16 @@ setup(
         "flax>=0.12.8",  # nnx.List, eager_sharding metadata
         "optax>=0.2.8",
         "numpy>=2.0",
+        "absl-py>=2.1",
+        "grain>=0.2.18",
+        "array_record>=0.8",
+        "av>=14.0",
+        "pillow>=10.0",
+        "scipy>=1.11",  # .mat files (JHMDB layout)
+        "scikit-image>=0.22",  # bundled photographs: synthetic textures
+        "etils[epath]>=1.7",
+        "msgpack>=1.0",
+        "tqdm>=4.66",
     ],
     extras_require={
         "test": ["pytest>=8.0", "ruff>=0.17,<0.18"],
