@@ -1,0 +1,1 @@
+"""Video data: sources, packing, pairs and the input pipeline."""
