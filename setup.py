@@ -25,6 +25,11 @@ setup(
         "etils[epath]>=1.7",
         "msgpack>=1.0",
         "tqdm>=4.66",
+        "ml_collections>=1.0",
+        "orbax-checkpoint>=0.12.8",
+        "clu>=0.0.12",
+        # clu.metric_writers imports TensorFlow; the CPU build never grabs GPUs.
+        "tensorflow-cpu>=2.18",
     ],
     extras_require={
         "test": ["pytest>=8.0", "ruff>=0.17,<0.18"],
