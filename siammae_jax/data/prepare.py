@@ -1,0 +1,354 @@
+"""Packs a folder of videos into array_record shards of JPEG frames.
+
+Usage::
+
+    python -m siammae_jax.data.prepare --videos DIR --out DIR \\
+        [--short_side 256] [--workers N] [--shard_size 64] [--quality 90]
+
+Every video under ``--videos`` (video files, or frame folders with
+``--format frames``) is decoded once, sequentially; each frame is resized so
+its short side is ``--short_side`` (Pillow, Lanczos) and JPEG-encoded. One
+video becomes one record (:func:`siammae_jax.data.video.encode_record`: a
+msgpack map of metadata and the list of JPEG frames); records go into shards
+``videos-00000-of-00012.array_record`` of ``--shard_size`` consecutive videos
+(inputs sorted by path, so the assignment is deterministic). Read them back
+with :class:`siammae_jax.data.sources.ArrayRecordSource`.
+
+Videos are packed in parallel worker processes; the main process writes each
+shard to ``<shard>.tmp`` and renames it when complete, then records it in
+``manifest.json`` (written atomically too). Re-running skips the shards the
+manifest lists as complete, so a crashed run resumes where it stopped. Bad
+videos are skipped; their paths and reasons go to the manifest and the final
+report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import concurrent.futures
+import hashlib
+import io
+import json
+import multiprocessing
+import os
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import numpy as np
+from array_record.python.array_record_module import ArrayRecordWriter
+from etils import epath
+from PIL import Image
+from tqdm import tqdm
+
+from siammae_jax.data import sources
+from siammae_jax.data.video import (
+    RECORD_FORMAT,
+    BadVideoError,
+    FrameFolder,
+    VideoFile,
+    encode_record,
+)
+
+MANIFEST = "manifest.json"
+SHARD_PATTERN = "videos-{index:05d}-of-{count:05d}.array_record"
+TMP_SUFFIX = ".tmp"
+# One record per chunk (cheap random access); JPEGs do not compress further.
+WRITER_OPTIONS = "group_size:1,uncompressed"
+
+
+# --------------------------------------------------------------------------
+# One video -> one record (runs in the worker processes)
+
+
+def _resize(frame: np.ndarray, short_side: int | None) -> Image.Image:
+    image = Image.fromarray(frame)
+    if not short_side:
+        return image
+    w, h = image.size
+    scale = short_side / min(w, h)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    if size == (w, h):
+        return image
+    return image.resize(size, Image.Resampling.LANCZOS)
+
+
+def _frames(path: str, kind: str) -> tuple[Iterator[np.ndarray], float]:
+    """Frames of one input video, decoded in order, and its frame rate."""
+    if kind == "video":
+        video = VideoFile(path)
+        return video.iter_frames(), video.fps
+    folder = FrameFolder(path)
+    return (folder.read([i])[0] for i in range(folder.num_frames)), folder.fps
+
+
+def pack_video(
+    path: str, kind: str, name: str, short_side: int | None, quality: int
+) -> tuple[bytes | None, str | None]:
+    """Decodes, resizes and JPEG-encodes one video into one record.
+
+    Args:
+      path: the video file or frame folder.
+      kind: ``"video"`` or ``"frames"``.
+      name: the ``source`` stored in the record (path relative to the inputs).
+      short_side: the short side of the stored frames (None: keep the size).
+      quality: JPEG quality.
+
+    Returns:
+      ``(record, None)``, or ``(None, reason)`` for a video that cannot be used.
+    """
+    try:
+        frames, fps = _frames(path, kind)
+        jpegs, orig, size = [], None, None
+        for frame in frames:
+            orig = orig or frame.shape[:2]
+            image = _resize(frame, short_side)
+            size = size or (image.height, image.width)
+            buffer = io.BytesIO()
+            image.save(buffer, format="JPEG", quality=quality)
+            jpegs.append(buffer.getvalue())
+    except BadVideoError as e:
+        return None, e.reason
+    except Exception as e:  # One odd video must not stop a long job.
+        return None, f"{type(e).__name__}: {e}"
+    if not jpegs:
+        return None, "no frames"
+    meta = {
+        "source": name,
+        "fps": float(fps),
+        "height": size[0],
+        "width": size[1],
+        "orig_height": int(orig[0]),
+        "orig_width": int(orig[1]),
+    }
+    return encode_record(jpegs, meta), None
+
+
+def _pack_star(args: tuple) -> tuple[bytes | None, str | None]:
+    return pack_video(*args)
+
+
+# --------------------------------------------------------------------------
+# Manifest
+
+
+def _load_manifest(out: epath.Path, config: dict[str, Any]) -> dict[str, Any]:
+    """The manifest of a previous run with the same config, or a fresh one.
+
+    Raises:
+      ValueError: ``out`` was packed with different settings or inputs.
+    """
+    path = out / MANIFEST
+    if not path.exists():
+        return {"format": RECORD_FORMAT, "config": config, "shards": {}}
+    manifest = json.loads(path.read_text())
+    if manifest.get("config") != config:
+        raise ValueError(
+            f"{out} holds shards packed with other settings or inputs "
+            f"({manifest.get('config')} != {config}); use a fresh --out folder"
+        )
+    return manifest
+
+
+def _save_manifest(out: epath.Path, manifest: dict[str, Any]) -> None:
+    """Writes the manifest atomically (temp file, then rename)."""
+    manifest["shards"] = dict(sorted(manifest["shards"].items()))
+    shards = manifest["shards"].values()
+    manifest["packed"] = sum(s["packed"] for s in shards)
+    manifest["skipped"] = [v for s in shards for v in s["skipped"]]
+    manifest["complete"] = len(manifest["shards"]) == manifest["config"]["num_shards"]
+    tmp = out / (MANIFEST + TMP_SUFFIX)
+    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=False) + "\n")
+    tmp.replace(out / MANIFEST)
+
+
+# --------------------------------------------------------------------------
+# Shards
+
+
+def _imap(
+    fn: Callable, tasks: list[tuple], workers: int
+) -> Iterator[tuple[bytes | None, str | None]]:
+    """``map(fn, tasks)`` in order, over ``workers`` processes if > 1.
+
+    At most ``2 * workers`` tasks are in flight, so finished records waiting
+    for a slow one stay few.
+    """
+    if workers <= 1:
+        yield from map(fn, tasks)
+        return
+    context = multiprocessing.get_context("spawn")  # Safe with threads (JAX).
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+        pending: collections.deque = collections.deque()
+        for task in tasks:
+            pending.append(pool.submit(fn, task))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def _write_shards(
+    out: epath.Path,
+    shards: list[tuple[str, list[tuple]]],
+    manifest: dict[str, Any],
+    workers: int,
+    progress: bool,
+) -> None:
+    """Packs and writes ``shards`` (name, pack_video args), updating the manifest."""
+    tasks = [task for _, shard_tasks in shards for task in shard_tasks]
+    results = _imap(_pack_star, tasks, workers)
+    bar = tqdm(total=len(tasks), unit="video", desc="packing", disable=not progress)
+    skipped_count = 0
+    for name, shard_tasks in shards:
+        tmp = out / (name + TMP_SUFFIX)
+        writer = ArrayRecordWriter(str(tmp), WRITER_OPTIONS)
+        entry = {"packed": 0, "videos": [], "skipped": []}
+        for task in shard_tasks:
+            record, reason = next(results)
+            if record is None:
+                entry["skipped"].append({"path": task[2], "reason": reason})
+                skipped_count += 1
+                bar.set_postfix(skipped=skipped_count)
+            else:
+                writer.write(record)
+                entry["packed"] += 1
+                entry["videos"].append(task[2])
+            bar.update()
+        writer.close()
+        tmp.replace(out / name)
+        manifest["shards"][name] = entry
+        _save_manifest(out, manifest)
+    bar.close()
+
+
+def _inputs(videos_dir: str | epath.Path, format: str | None) -> tuple[str, list]:
+    """The input kind and the sorted ``(path, name)`` of every input video."""
+    source = sources.open_source(videos_dir, format)
+    kind = {sources.VideoFolderSource: "video", sources.FrameFolderSource: "frames"}
+    if type(source) not in kind:
+        raise ValueError(f"{videos_dir}: expected video files or frame folders")
+    root = str(epath.Path(videos_dir)).rstrip("/") + "/"
+    names = [p[len(root) :] if p.startswith(root) else p for p in source.paths]
+    return kind[type(source)], list(zip(source.paths, names, strict=True))
+
+
+def prepare(
+    videos_dir: str | epath.Path,
+    out_dir: str | epath.Path,
+    short_side: int | None = 256,
+    workers: int = 1,
+    shard_size: int = 64,
+    quality: int = 90,
+    format: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Packs every video under ``videos_dir`` into shards under ``out_dir``.
+
+    Resumable: shards the manifest lists as complete (and whose file exists)
+    are kept; the others, and leftover ``*.tmp`` files, are redone.
+
+    Args:
+      videos_dir: the input folder.
+      out_dir: the output folder (created if missing).
+      short_side: short side of the stored frames (None or 0: keep the size).
+      workers: packing processes (1: pack in this process).
+      shard_size: videos per shard.
+      quality: JPEG quality (1-95).
+      format: ``"video"`` or ``"frames"``; inferred from the files if None.
+      progress: show a progress bar and print the summary.
+
+    Returns:
+      A summary: ``packed`` and ``num_skipped`` (counts), ``skipped`` (list of
+      ``{"path", "reason"}``), ``shards`` (all shard names), ``written`` and
+      ``reused`` (shards packed by this run / kept from an earlier one) and
+      ``out_dir``.
+
+    Raises:
+      FileNotFoundError, ValueError: no inputs, or ``out_dir`` was packed with
+        other settings or inputs.
+    """
+    kind, inputs = _inputs(videos_dir, format)
+    out = epath.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    num_shards = -(-len(inputs) // shard_size)
+    names = [SHARD_PATTERN.format(index=i, count=num_shards) for i in range(num_shards)]
+    digest = hashlib.sha1("\n".join(n for _, n in inputs).encode()).hexdigest()
+    config = dict(
+        kind=kind, short_side=short_side or None, quality=quality,
+        shard_size=shard_size, num_shards=num_shards, inputs_sha1=digest,
+    )  # fmt: skip
+    manifest = _load_manifest(out, config)
+    for stale in out.glob("*" + TMP_SUFFIX):
+        stale.unlink()
+    done = {n for n in names if n in manifest["shards"] and (out / n).exists()}
+    manifest["shards"] = {n: e for n, e in manifest["shards"].items() if n in done}
+    todo = []
+    for i, name in enumerate(names):
+        if name not in done:
+            chunk = inputs[i * shard_size : (i + 1) * shard_size]
+            tasks = [(p, kind, n, short_side, quality) for p, n in chunk]
+            todo.append((name, tasks))
+    _write_shards(out, todo, manifest, workers, progress)
+    _save_manifest(out, manifest)
+    summary = {
+        "packed": manifest["packed"],
+        "num_skipped": len(manifest["skipped"]),
+        "skipped": manifest["skipped"],
+        "shards": names,
+        "written": [name for name, _ in todo],
+        "reused": sorted(done),
+        "out_dir": str(out),
+    }
+    if progress:
+        print(format_summary(summary))
+    return summary
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The human-readable end-of-run report of :func:`prepare`."""
+    lines = [
+        f"packed {summary['packed']} videos into {len(summary['shards'])} shards "
+        f"under {summary['out_dir']} ({len(summary['written'])} written now, "
+        f"{len(summary['reused'])} kept); skipped {summary['num_skipped']}"
+        + (":" if summary["skipped"] else ".")
+    ]
+    lines += [f"  {s['path']}: {s['reason']}" for s in summary["skipped"]]
+    return "\n".join(lines)
+
+
+def _parse_args(argv: Iterable[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m siammae_jax.data.prepare",
+        description="Pack videos into array_record shards of JPEG frames.",
+    )
+    parser.add_argument("--videos", required=True, help="input folder")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--short_side", type=int, default=256, help="0: keep size")
+    parser.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, help="processes"
+    )
+    parser.add_argument("--shard_size", type=int, default=64, help="videos/shard")
+    parser.add_argument("--quality", type=int, default=90, help="JPEG quality")
+    parser.add_argument(
+        "--format", choices=("video", "frames"), default=None, help="input kind"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: Iterable[str] | None = None) -> None:
+    """Command-line entry point."""
+    args = _parse_args(argv)
+    prepare(
+        args.videos,
+        args.out,
+        short_side=args.short_side,
+        workers=args.workers,
+        shard_size=args.shard_size,
+        quality=args.quality,
+        format=args.format,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,248 @@
+"""Grain random-access data sources over videos: one record is one video.
+
+* :class:`VideoFolderSource`: video files (mp4, avi, webm, mkv, mov, m4v)
+  anywhere under a folder, decoded with PyAV on read.
+* :class:`FrameFolderSource`: folders of frame images (``<video>/<frame>.jpg``,
+  the DAVIS / Kinetics-dump layout), decoded with Pillow on read.
+* :class:`ArrayRecordSource`: ``*.array_record`` shards written by
+  :mod:`siammae_jax.data.prepare` (JPEG frames, msgpack), read with grain's
+  ``ArrayRecordDataSource``.
+
+Construction lists the files once (sorted, so indices are stable) and fails
+with ``FileNotFoundError`` for a missing path or ``ValueError`` when no video
+is found. ``source[i]`` returns a :class:`~siammae_jax.data.video.Video` and may
+raise :class:`~siammae_jax.data.video.BadVideoError`. Sources hold only paths,
+so they pickle cheaply into grain's worker processes.
+"""
+
+from __future__ import annotations
+
+import collections
+
+import grain.python as grain
+from etils import epath
+
+from siammae_jax.data.video import (
+    DEFAULT_FPS,
+    FRAME_FOLDER_META,
+    IMAGE_EXTENSIONS,
+    VIDEO_EXTENSIONS,
+    FrameFolder,
+    PackedVideo,
+    Video,
+    VideoFile,
+    natural_key,
+)
+
+FORMATS = ("video", "frames", "array_record")
+ARRAY_RECORD_SUFFIX = ".array_record"
+
+
+def _existing_dir(path: str | epath.Path) -> epath.Path:
+    path = epath.Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"dataset path does not exist: {path}")
+    return path
+
+
+def _all_files(root: epath.Path) -> list[epath.Path]:
+    """``root`` itself if a file, else the files under it (no hidden names)."""
+    if root.is_file():
+        return [root]
+    files = []
+    for folder, subfolders, names in root.walk():
+        subfolders[:] = [d for d in subfolders if not d.startswith(".")]
+        files.extend(folder / n for n in names if not n.startswith("."))
+    return files
+
+
+def _visible_files(
+    root: epath.Path, suffixes: tuple[str, ...], files: list[epath.Path] | None = None
+) -> list[epath.Path]:
+    """Files under ``root`` (recursively) with one of ``suffixes``, sorted."""
+    files = _all_files(root) if files is None else files
+    return sorted(
+        (p for p in files if p.suffix.lower() in suffixes),
+        key=str,
+    )
+
+
+class _Source:
+    """Common parts: a root path, a count and a deterministic repr."""
+
+    _root: str
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(path={self._root!r}, videos={len(self)})"
+
+
+class VideoFolderSource(_Source):
+    """Video files anywhere under a folder, in sorted path order.
+
+    Args:
+      path: the folder (local or ``gs://``).
+
+    Raises:
+      FileNotFoundError: ``path`` does not exist.
+      ValueError: no video file under ``path``.
+    """
+
+    def __init__(self, path: str | epath.Path):
+        root = _existing_dir(path)
+        self._root = str(root)
+        self._paths = [str(p) for p in _visible_files(root, VIDEO_EXTENSIONS)]
+        if not self._paths:
+            raise ValueError(
+                f"no video files ({', '.join(VIDEO_EXTENSIONS)}) under {root}"
+            )
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+    def __getitem__(self, index: int) -> Video:
+        """The ``index``-th video (probed; BadVideoError if unreadable)."""
+        return VideoFile(self._paths[index])
+
+    @property
+    def paths(self) -> list[str]:
+        """The video files, in index order."""
+        return list(self._paths)
+
+
+class FrameFolderSource(_Source):
+    """Folders of frame images under a root, one video per leaf folder.
+
+    Every folder that directly holds ``*.jpg``/``*.jpeg``/``*.png`` files is a
+    video; its frames are those files in natural name order. An optional
+    ``meta.json`` (``{"fps": 25}``) in the folder sets its frame rate
+    (30 otherwise).
+
+    Args:
+      path: the root folder (local or ``gs://``).
+
+    Raises:
+      FileNotFoundError: ``path`` does not exist.
+      ValueError: no frame images under ``path``.
+    """
+
+    def __init__(self, path: str | epath.Path):
+        root = _existing_dir(path)
+        self._root = str(root)
+        files = _all_files(root)
+        folders: dict[str, list[str]] = collections.defaultdict(list)
+        for p in _visible_files(root, IMAGE_EXTENSIONS, files):
+            folders[str(p.parent)].append(p.name)
+        if not folders:
+            raise ValueError(
+                f"no frame images ({', '.join(IMAGE_EXTENSIONS)}) under {root}"
+            )
+        self._folders = sorted(folders)
+        self._frames = [sorted(folders[f], key=natural_key) for f in self._folders]
+        metas = {str(p.parent) for p in files if p.name == FRAME_FOLDER_META}
+        self._has_meta = [f in metas for f in self._folders]
+
+    def __len__(self) -> int:
+        return len(self._folders)
+
+    def __getitem__(self, index: int) -> Video:
+        """The ``index``-th frame folder (no image is decoded here)."""
+        # fps=None makes FrameFolder read meta.json; skip that stat otherwise.
+        fps = None if self._has_meta[index] else DEFAULT_FPS
+        return FrameFolder(self._folders[index], frames=self._frames[index], fps=fps)
+
+    @property
+    def paths(self) -> list[str]:
+        """The frame folders, in index order."""
+        return list(self._folders)
+
+
+class ArrayRecordSource(_Source):
+    """``*.array_record`` shards written by :mod:`siammae_jax.data.prepare`.
+
+    Args:
+      path: a folder of shards (searched recursively) or one shard file.
+
+    Raises:
+      FileNotFoundError: ``path`` does not exist.
+      ValueError: no shard, or only empty shards, under ``path``.
+    """
+
+    def __init__(self, path: str | epath.Path):
+        root = _existing_dir(path)
+        self._root = str(root)
+        self._shards = [str(p) for p in _visible_files(root, (ARRAY_RECORD_SUFFIX,))]
+        if not self._shards:
+            raise ValueError(f"no *{ARRAY_RECORD_SUFFIX} shards under {root}")
+        self._records = grain.ArrayRecordDataSource(self._shards)
+        if not len(self._records):
+            raise ValueError(f"the shards under {root} hold no videos")
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __getitem__(self, index: int) -> Video:
+        """The ``index``-th packed video (its JPEGs are decoded on read)."""
+        return PackedVideo(self._records[index])
+
+    def __repr__(self) -> str:
+        return (
+            f"ArrayRecordSource(path={self._root!r}, shards={len(self._shards)}, "
+            f"videos={len(self)})"
+        )
+
+
+def infer_format(path: str | epath.Path) -> str:
+    """Which of :data:`FORMATS` the dataset at ``path`` is in.
+
+    ``array_record`` if it holds ``*.array_record`` shards, else ``video`` if
+    it holds video files, else ``frames`` if it holds images.
+
+    Raises:
+      FileNotFoundError: ``path`` does not exist.
+      ValueError: none of those files under ``path``.
+    """
+    root = _existing_dir(path)
+    suffixes = {p.suffix.lower() for p in _all_files(root)}
+    if ARRAY_RECORD_SUFFIX in suffixes:
+        return "array_record"
+    if suffixes & set(VIDEO_EXTENSIONS):
+        return "video"
+    if suffixes & set(IMAGE_EXTENSIONS):
+        return "frames"
+    raise ValueError(
+        f"no videos found under {root}: expected *{ARRAY_RECORD_SUFFIX} shards, "
+        f"video files ({', '.join(VIDEO_EXTENSIONS)}) or frame folders "
+        f"({', '.join(IMAGE_EXTENSIONS)})"
+    )
+
+
+_SOURCES = {
+    "video": VideoFolderSource,
+    "frames": FrameFolderSource,
+    "array_record": ArrayRecordSource,
+}
+
+
+def open_source(
+    path: str | epath.Path, format: str | None = None
+) -> VideoFolderSource | FrameFolderSource | ArrayRecordSource:
+    """The data source for the dataset at ``path``.
+
+    Args:
+      path: a folder (or one shard file), local or ``gs://``.
+      format: one of :data:`FORMATS`; inferred from the files if None.
+
+    Raises:
+      ValueError: an unknown ``format``, or no videos found.
+      FileNotFoundError: ``path`` does not exist.
+    """
+    if format is None:
+        format = infer_format(path)
+    if format not in _SOURCES:
+        raise ValueError(
+            f"unknown dataset format {format!r}; expected one of {', '.join(FORMATS)}"
+        )
+    return _SOURCES[format](path)
