@@ -1,0 +1,442 @@
+"""Training metrics: clu writers + metrics.jsonl, reconstruction pictures, MFU.
+
+Process 0 writes TensorBoard event files and console lines through a clu
+writer and mirrors every scalar into ``workdir/metrics.jsonl`` (one JSON
+object per ``write_scalars`` call), which scripts and tests can read without
+TensorFlow. Other processes only log to the console and write nothing to disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+from clu import metric_writers, periodic_actions
+
+from siammae_jax.data import pairs
+from siammae_jax.models import vit
+
+JSONL_NAME = "metrics.jsonl"
+GREY = 128  # Masked patches in the reconstruction picture.
+NORM_PIX_EPS = 1e-6  # As in ``siammae.norm_pix``.
+
+# Dense bf16 peak FLOP/s per chip, keyed by ``jax.Device.device_kind``.
+# Looked up case-insensitively: an exact key first, else the longest key that
+# starts the device kind (so "NVIDIA A100-SXM4-80GB" finds "NVIDIA A100").
+PEAK_FLOPS: dict[str, float] = {
+    "TPU v4": 275e12,
+    "TPU v4 lite": 138e12,  # v4i (inference chip); keeps it off "TPU v4".
+    "TPU v5 lite": 197e12,  # v5e
+    "TPU v5e": 197e12,
+    "TPU v5": 459e12,  # v5p reports "TPU v5".
+    "TPU v5p": 459e12,
+    "TPU v6 lite": 918e12,  # v6e, Trillium
+    "TPU v6e": 918e12,
+    "NVIDIA A100": 312e12,  # SXM and PCIe alike.
+    "NVIDIA H100": 989e12,  # SXM: "NVIDIA H100 80GB HBM3".
+    "NVIDIA H100 PCIe": 756e12,
+    "NVIDIA H200": 989e12,
+}
+
+
+class MetricsLogger:
+    """Scalars to clu (TensorBoard + logging) and metrics.jsonl; images to TB.
+
+    Usable as a context manager; ``close`` is idempotent. Writing after
+    ``close`` raises ``RuntimeError``.
+
+    Attributes:
+      workdir: where the event files and metrics.jsonl go.
+      is_main: whether this is process 0 (the only one writing to disk).
+      total_steps: the run's length, for the progress hooks' ETA.
+      writer: the clu writer (logging only on non-main processes).
+      jsonl_path: path of metrics.jsonl, or None when none is written.
+    """
+
+    def __init__(
+        self, workdir: str, *, is_main: bool = True, total_steps: int | None = None
+    ):
+        self.workdir = os.fspath(workdir)
+        self.is_main = is_main
+        self.total_steps = total_steps
+        self.writer = metric_writers.create_default_writer(
+            self.workdir, just_logging=not is_main
+        )
+        self.jsonl_path: str | None = None
+        self._jsonl = None
+        self._closed = False
+        if not is_main:
+            return
+        if "://" in self.workdir:
+            logging.warning(
+                "workdir %s is not a local path: %s is not written (TensorBoard "
+                "event files still are).",
+                self.workdir,
+                JSONL_NAME,
+            )
+            return
+        os.makedirs(self.workdir, exist_ok=True)
+        self.jsonl_path = os.path.join(self.workdir, JSONL_NAME)
+        self._jsonl = open(self.jsonl_path, "a", encoding="utf-8")
+
+    def write_scalars(
+        self, step: int, scalars: Mapping[str, float | jax.Array | np.ndarray]
+    ) -> None:
+        """Writes one step's scalars (device arrays fetched in one transfer).
+
+        Args:
+          step: the training step the values belong to.
+          scalars: name -> single number (Python, NumPy or jax.Array; any shape
+            with exactly one element). Integers stay integers.
+        """
+        self._check_open()
+        if "step" in scalars:
+            raise ValueError("scalar name 'step' is reserved for the step number.")
+        values = _to_python_numbers(scalars)
+        self.writer.write_scalars(int(step), values)
+        if self._jsonl is not None:
+            self._jsonl.write(json.dumps({"step": int(step), **values}) + "\n")
+            self._jsonl.flush()
+
+    def write_images(self, step: int, images: Mapping[str, Any]) -> None:
+        """Writes pictures to TensorBoard (main process only).
+
+        Args:
+          step: the training step the pictures belong to.
+          images: name -> uint8 [0, 255] or float [0, 1] array, [N, H, W, C]
+            or [H, W, C] with C in (1, 3, 4).
+        """
+        self._check_open()
+        if not self.is_main:
+            return
+        self.writer.write_images(
+            int(step), {name: _image_batch(name, x) for name, x in images.items()}
+        )
+
+    def truncate_after(self, step: int) -> int:
+        """Drops metrics.jsonl lines with step >= ``step``; call when resuming.
+
+        A run that crashed after logging but before checkpointing resumes from
+        an earlier step; this keeps the file free of duplicate or stale steps.
+        Unreadable lines (a write cut short by the crash) are dropped as well,
+        and counted in a warning.
+
+        Args:
+          step: the step the run resumes from.
+
+        Returns:
+          The number of valid lines dropped.
+        """
+        self._check_open()
+        if self._jsonl is None:
+            return 0
+        self._jsonl.close()
+        with open(self.jsonl_path, encoding="utf-8") as f:
+            kept, dropped, unreadable = _split_lines(f, step)
+        if dropped or unreadable:
+            tmp = self.jsonl_path + ".tmp"
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.writelines(kept)
+            os.replace(tmp, self.jsonl_path)
+        if unreadable:
+            logging.warning(
+                "Dropped %d unreadable line(s) from %s.", unreadable, self.jsonl_path
+            )
+        self._jsonl = open(self.jsonl_path, "a", encoding="utf-8")
+        return dropped
+
+    def hooks(self, profile_steps: int = 0) -> list[periodic_actions.PeriodicAction]:
+        """``progress_hooks`` for this run, reporting steps/s to this writer."""
+        return progress_hooks(
+            self.workdir,
+            self.total_steps,
+            self.is_main,
+            profile_steps,
+            writer=self.writer,
+        )
+
+    def flush(self) -> None:
+        """Flushes the clu writer and metrics.jsonl."""
+        self._check_open()
+        self.writer.flush()
+        if self._jsonl is not None:
+            self._jsonl.flush()
+
+    def close(self) -> None:
+        """Flushes and closes everything; later calls do nothing."""
+        if self._closed:
+            return
+        self._closed = True
+        self.writer.close()
+        if self._jsonl is not None:
+            self._jsonl.close()
+            self._jsonl = None
+
+    def __enter__(self) -> MetricsLogger:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"MetricsLogger({self.workdir!r}) is closed.")
+
+
+def _to_python_numbers(scalars: Mapping[str, Any]) -> dict[str, int | float]:
+    """One ``device_get`` for all values, then Python ints (bool, int) or floats."""
+    host = jax.device_get(dict(scalars))
+    out = {}
+    for name, value in host.items():
+        x = np.asarray(value)
+        if x.size != 1:
+            raise ValueError(
+                f"scalar {name!r} has shape {x.shape}; expected a single number."
+            )
+        x = x.reshape(())
+        out[name] = int(x) if x.dtype.kind in "biu" else float(x)
+    return out
+
+
+def _image_batch(name: str, image: Any) -> np.ndarray:
+    """[H, W, C] or [N, H, W, C], uint8 or float in [0, 1] -> uint8 [N, H, W, C]."""
+    x = np.asarray(jax.device_get(image))
+    if x.ndim == 3:
+        x = x[None]
+    if x.ndim != 4 or x.shape[-1] not in (1, 3, 4):
+        raise ValueError(
+            f"image {name!r} has shape {x.shape}; expected [N, H, W, C] or "
+            "[H, W, C] with C in (1, 3, 4)."
+        )
+    if x.dtype == np.uint8:
+        return x
+    if x.dtype.kind != "f":
+        raise ValueError(
+            f"image {name!r} has dtype {x.dtype}; expected uint8 or float in [0, 1]."
+        )
+    return np.round(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def _split_lines(lines, step: int) -> tuple[list[str], int, int]:
+    """(lines to keep, valid lines at or after ``step``, unreadable lines)."""
+    kept, dropped, unreadable = [], 0, 0
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            line_step = int(json.loads(line)["step"])
+        except (ValueError, KeyError, TypeError):
+            unreadable += 1
+            continue
+        if line_step >= step:
+            dropped += 1
+        else:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    return kept, dropped, unreadable
+
+
+def reconstruction_grid(
+    f1: Any,
+    f2: Any,
+    mask: Any,
+    pred: Any,
+    target: Any,
+    patch: int,
+    norm_pix: bool,
+    max_pairs: int = 4,
+    *,
+    separator: int = 0,
+) -> np.ndarray:
+    """A picture of SiamMAE's reconstructions, one row per pair.
+
+    Each row holds f1 | f2 with its masked patches grey | reconstruction |
+    f2. The reconstruction keeps f2's visible patches and takes the masked
+    ones from the prediction; with ``norm_pix`` a predicted patch is
+    de-normalised with the mean and std of f2's true patch (as MAE's
+    visualisation does).
+
+    Args:
+      f1, f2: [B, H, W, 3] frames, ImageNet-normalised.
+      mask: [B, N], 1 where f2's patch is masked.
+      pred: [B, N, patch*patch*3] predicted patches (``vit.patchify`` order).
+      target: [B, N, patch*patch*3] the model's targets (checked for shape;
+        the de-normalisation uses f2's pixels).
+      patch: patch size in pixels.
+      norm_pix: whether ``pred`` is in per-patch normalised units.
+      max_pairs: at most this many (first) pairs are drawn.
+      separator: width of white lines between cells (0: none).
+
+    Returns:
+      uint8 [rows*H + (rows-1)*separator, 4*W + 3*separator, 3], rows =
+      min(B, max_pairs).
+    """
+    f1, f2, mask, pred, target = (
+        np.asarray(x, np.float32) for x in jax.device_get((f1, f2, mask, pred, target))
+    )
+    _check_grid_inputs(f1, f2, mask, pred, target, patch)
+    rows = min(max_pairs, f2.shape[0])
+    f1, f2, mask, pred = f1[:rows], f2[:rows], mask[:rows], pred[:rows]
+    grid = (f2.shape[1] // patch, f2.shape[2] // patch)
+    truth = vit.patchify(f2, patch)
+    if norm_pix:
+        mean = truth.mean(-1, keepdims=True)
+        std = np.sqrt(truth.var(-1, keepdims=True) + NORM_PIX_EPS)
+        pred = pred * std + mean
+    masked = np.broadcast_to(mask[..., None] > 0.5, truth.shape)
+    recon = vit.unpatchify(np.where(masked, pred, truth), patch, grid)
+    pixel_masked = vit.unpatchify(masked, patch, grid)
+    f2_pixels = _to_pixels(f2)
+    cells = [
+        _to_pixels(f1),
+        np.where(pixel_masked, np.uint8(GREY), f2_pixels),
+        _to_pixels(recon),
+        f2_pixels,
+    ]
+    return _tile(cells, separator)
+
+
+def _check_grid_inputs(f1, f2, mask, pred, target, patch: int) -> None:
+    if f2.ndim != 4 or f2.shape[-1] != 3 or f1.shape != f2.shape:
+        raise ValueError(f"f1 {f1.shape} and f2 {f2.shape} must both be [B, H, W, 3].")
+    b, h, w, _ = f2.shape
+    if h % patch or w % patch:
+        raise ValueError(f"frame size {h}x{w} is not divisible by patch={patch}.")
+    n = (h // patch) * (w // patch)
+    if mask.shape != (b, n):
+        raise ValueError(f"mask has shape {mask.shape}; expected {(b, n)}.")
+    for name, x in (("pred", pred), ("target", target)):
+        if x.shape != (b, n, patch * patch * 3):
+            raise ValueError(
+                f"{name} has shape {x.shape}; expected {(b, n, patch * patch * 3)}."
+            )
+
+
+def _to_pixels(x: np.ndarray) -> np.ndarray:
+    """ImageNet-normalised floats -> uint8 [0, 255]."""
+    x = (x * pairs.STD + pairs.MEAN) * 255.0
+    return np.clip(np.round(x), 0, 255).astype(np.uint8)
+
+
+def _tile(cells: list[np.ndarray], separator: int) -> np.ndarray:
+    """Columns of [rows, H, W, 3] uint8 cells -> one picture on white."""
+    rows, h, w, _ = cells[0].shape
+    cols = len(cells)
+    out = np.full(
+        (rows * h + (rows - 1) * separator, cols * w + (cols - 1) * separator, 3),
+        255,
+        np.uint8,
+    )
+    for r in range(rows):
+        for c, cell in enumerate(cells):
+            y, x = r * (h + separator), c * (w + separator)
+            out[y : y + h, x : x + w] = cell[r]
+    return out
+
+
+def device_peak_flops(
+    device: jax.Device | None = None, override: float | None = None
+) -> float | None:
+    """Dense bf16 peak FLOP/s of one chip, or None when unknown (e.g. CPU).
+
+    Args:
+      device: the device to look up (default: ``jax.devices()[0]``).
+      override: returned as is when given (for chips missing from the table).
+    """
+    if override is not None:
+        return float(override)
+    device = jax.devices()[0] if device is None else device
+    if device.platform == "cpu":
+        return None
+    return _lookup_peak(device.device_kind)
+
+
+def _lookup_peak(device_kind: str) -> float | None:
+    kind = device_kind.lower()
+    table = {k.lower(): v for k, v in PEAK_FLOPS.items()}
+    if kind in table:
+        return table[kind]
+    prefixes = [k for k in table if kind.startswith(k)]
+    return table[max(prefixes, key=len)] if prefixes else None
+
+
+def throughput_scalars(
+    steps: int,
+    seconds: float,
+    pairs_per_step: int,
+    flops_per_pair: float,
+    num_devices: int,
+    peak_per_device: float | None,
+) -> dict[str, float]:
+    """Throughput over a window of ``steps`` training steps.
+
+    Args:
+      steps: steps in the window.
+      seconds: wall-clock length of the window.
+      pairs_per_step: global batch size (frame pairs).
+      flops_per_pair: training FLOPs per pair (forward + backward, e.g.
+        ``flops.pair_flops(...)["train"]``).
+      num_devices: chips the step runs on.
+      peak_per_device: peak FLOP/s of one chip, or None when unknown.
+
+    Returns:
+      ``pairs_per_sec``, ``pairs_per_sec_per_device``, ``steps_per_sec``,
+      ``tflops_per_sec_per_device`` and, when the peak is known, ``mfu``
+      (achieved FLOP/s over the devices' total peak).
+    """
+    if seconds <= 0 or num_devices < 1:
+        raise ValueError(
+            f"seconds={seconds} must be positive and num_devices={num_devices} "
+            "at least 1."
+        )
+    pairs_per_sec = steps * pairs_per_step / seconds
+    flops_per_sec = pairs_per_sec * flops_per_pair
+    out = {
+        "pairs_per_sec": pairs_per_sec,
+        "pairs_per_sec_per_device": pairs_per_sec / num_devices,
+        "steps_per_sec": steps / seconds,
+        "tflops_per_sec_per_device": flops_per_sec / num_devices / 1e12,
+    }
+    if peak_per_device:
+        out["mfu"] = flops_per_sec / (peak_per_device * num_devices)
+    return out
+
+
+def progress_hooks(
+    workdir: str,
+    total_steps: int | None,
+    is_main: bool,
+    profile_steps: int = 0,
+    *,
+    every_secs: float = 60.0,
+    writer: metric_writers.MetricWriter | None = None,
+) -> list[periodic_actions.PeriodicAction]:
+    """clu periodic actions to call as ``hook(step)`` after every step.
+
+    Args:
+      workdir: where profiles go.
+      total_steps: the run's length, for the ETA (None: no ETA).
+      is_main: only process 0 reports and profiles; others get no hooks.
+      profile_steps: steps per profile; 0 turns profiling off.
+      every_secs: how often progress (steps/s, ETA) is reported.
+      writer: also writes steps/s and uptime there when given.
+
+    Returns:
+      ``ReportProgress``, then ``Profile`` when ``profile_steps > 0``.
+    """
+    if not is_main:
+        return []
+    hooks: list[periodic_actions.PeriodicAction] = [
+        periodic_actions.ReportProgress(
+            num_train_steps=total_steps, writer=writer, every_secs=every_secs
+        )
+    ]
+    if profile_steps > 0:
+        hooks.append(
+            periodic_actions.Profile(logdir=workdir, num_profile_steps=profile_steps)
+        )
+    return hooks
