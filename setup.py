@@ -30,6 +30,7 @@ setup(
         "clu>=0.0.12",
         # clu.metric_writers imports TensorFlow; the CPU build never grabs GPUs.
         "tensorflow-cpu>=2.18",
+        "tensorboard>=2.18",  # clu's summary writer; not pulled in by tensorflow-cpu
     ],
     extras_require={
         "test": ["pytest>=8.0", "ruff>=0.17,<0.18"],

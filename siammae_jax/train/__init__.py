@@ -1,0 +1,1 @@
+"""Sharded SiamMAE pre-training: mesh, optimizer, state, step, checkpoints, loop."""

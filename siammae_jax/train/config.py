@@ -1,0 +1,118 @@
+"""Config validation and the one place where epochs become steps."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+import ml_collections
+
+from siammae_jax.data import pairs
+from siammae_jax.train import mesh as mesh_lib
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+FORMATS = ("", "video", "frames", "array_record", "synthetic")
+
+
+def model_kwargs(config: ml_collections.ConfigDict) -> dict:
+    """Keyword arguments of ``SiamMAE`` from ``config.model``."""
+    kw = config.model.to_dict()
+    dtype = kw.pop("dtype")
+    if dtype not in DTYPES:
+        raise ValueError(f"model.dtype={dtype!r} must be one of {sorted(DTYPES)}.")
+    return {**kw, "dtype": DTYPES[dtype]}
+
+
+def sampler(config: ml_collections.ConfigDict) -> pairs.PairSampler:
+    """The pair sampler of ``config.data`` (validates its fields)."""
+    d = config.data
+    try:
+        return pairs.PairSampler(
+            size=config.model.image_size,
+            min_gap=d.min_gap,
+            max_gap=d.max_gap,
+            ref_fps=d.ref_fps,
+            scale=tuple(d.scale),
+            ratio=tuple(d.ratio),
+            flip=d.flip,
+            repeats=d.repeats,
+        )
+    except ValueError as e:
+        raise ValueError(f"config.data: {e}") from None
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int, num_hosts: int):
+    """Checks the config before anything is built; errors name the field."""
+    o, t = config.optim, config.train
+    try:
+        data, fsdp, _ = mesh_lib.mesh_shape(config.mesh.to_dict(), num_devices)
+        mesh_lib.check_rules(config.sharding_rules)
+    except ValueError as e:
+        raise ValueError(f"bad config: {e}") from None
+    model_kwargs(config)
+    sampler(config)
+    data_parallel = data * fsdp
+    checks = [
+        (config.batch_size > 0, f"batch_size={config.batch_size} must be positive"),
+        (
+            config.batch_size % data_parallel == 0,
+            f"batch_size={config.batch_size} must be divisible by the "
+            f"{data_parallel} data-parallel devices (mesh.data x mesh.fsdp)",
+        ),
+        (
+            config.batch_size % (num_hosts * config.data.repeats) == 0,
+            f"batch_size={config.batch_size} must be divisible by hosts ({num_hosts})"
+            f" x data.repeats ({config.data.repeats})",
+        ),
+        (o.base_lr > 0, f"optim.base_lr={o.base_lr} must be positive"),
+        (o.weight_decay >= 0, f"optim.weight_decay={o.weight_decay} must be >= 0"),
+        (o.accum_steps >= 1, f"optim.accum_steps={o.accum_steps} must be >= 1"),
+        (
+            (config.batch_size // data_parallel) % o.accum_steps == 0,
+            f"optim.accum_steps={o.accum_steps} must divide the per-device batch",
+        ),
+        (o.epochs > 0, f"optim.epochs={o.epochs} must be positive"),
+        (
+            0 <= o.warmup_epochs < o.epochs,
+            f"optim.warmup_epochs={o.warmup_epochs} must be in [0, optim.epochs="
+            f"{o.epochs})",
+        ),
+        (t.log_every > 0, f"train.log_every={t.log_every} must be positive"),
+        (t.max_bad_steps > 0, f"train.max_bad_steps={t.max_bad_steps} must be > 0"),
+        (config.checkpoint.every > 0, "checkpoint.every must be positive"),
+        (config.data.format in FORMATS, f"data.format must be one of {FORMATS}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(f"bad config: {message}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """Training length and learning rate in steps, derived from the config."""
+
+    total_steps: int
+    warmup_steps: int
+    steps_per_epoch: float
+    peak_lr: float
+
+
+def schedule(config: ml_collections.ConfigDict, num_videos: int) -> Schedule:
+    """Converts epochs (passes over the videos, ``repeats`` pairs each) to steps.
+
+    ``train.steps`` > 0 overrides the length; warmup keeps its share of it.
+    """
+    o = config.optim
+    steps_per_epoch = num_videos * config.data.repeats / config.batch_size
+    total = max(1, round(o.epochs * steps_per_epoch))
+    warmup = round(o.warmup_epochs * steps_per_epoch)
+    if config.train.steps > 0:
+        warmup = round(warmup * config.train.steps / total)
+        total = config.train.steps
+    if warmup >= total:
+        raise ValueError(
+            f"bad config: optim.warmup_epochs={o.warmup_epochs} gives {warmup} warmup "
+            f"steps, not fewer than the {total} training steps."
+        )
+    peak = o.base_lr * config.batch_size / o.lr_reference_batch
+    return Schedule(total, warmup, steps_per_epoch, peak)

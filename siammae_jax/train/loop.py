@@ -1,0 +1,331 @@
+"""``run(config, workdir)``: SiamMAE pre-training from one CPU to a pod slice.
+
+Phases, each a function: validate -> mesh -> data -> schedule -> model and
+optimizer -> compile (memory analysis logged before step 0) -> restore or
+initialise -> loop (metrics, pictures, checkpoints, SIGTERM, divergence).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import time
+from typing import Any
+
+import grain
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from etils import epath
+
+from siammae_jax.data import pipeline, sources, synthetic
+from siammae_jax.models import flops
+from siammae_jax.train import checkpoint, metrics, optim
+from siammae_jax.train import config as config_lib
+from siammae_jax.train import mesh as mesh_lib
+from siammae_jax.train import state as state_lib
+from siammae_jax.train import step as step_lib
+
+
+class Diverged(RuntimeError):
+    """Too many non-finite steps in a row."""
+
+
+@dataclasses.dataclass
+class Run:
+    """What the loop needs, built once by ``setup``."""
+
+    config: ml_collections.ConfigDict
+    workdir: epath.Path
+    mesh: jax.sharding.Mesh
+    model_def: state_lib.ModelDef
+    schedule: config_lib.Schedule
+    step: Any  # the compiled train step
+    abstract_state: state_lib.TrainState
+    tx: Any
+    predict: Any  # jitted (params, buffers, uint8 frames, step) -> (frames, Output)
+    data: grain.DatasetIterator
+    ckpt: checkpoint.Checkpointer
+    flops_per_pair: float
+
+
+def open_data(config: ml_collections.ConfigDict, workdir: epath.Path):
+    """The video source of ``config.data`` (the synthetic set is made on demand)."""
+    d = config.data
+    if d.format == "synthetic" or (not d.format and not d.path):
+        root = epath.Path(d.path or workdir / "synthetic")
+        if jax.process_index() == 0 and not (root / "synthetic.json").exists():
+            logging.info("writing the synthetic video set to %s", root)
+            synthetic.write_dataset(
+                root,
+                videos=d.synthetic_videos,
+                frames=d.synthetic_frames,
+                size=(d.synthetic_size, d.synthetic_size),
+                seed=config.seed,
+                progress=False,
+            )
+        _barrier("synthetic_data")
+        return sources.open_source(root / "frames", "frames")
+    return sources.open_source(d.path, d.format or None)
+
+
+def data_iterator(config, source) -> grain.DatasetIterator:
+    """This host's iterator of batches (its shard, its share of the batch)."""
+    hosts = jax.process_count()
+    ds = pipeline.make_pipeline(
+        source,
+        batch_size=config.batch_size // hosts,
+        sampler=config_lib.sampler(config),
+        seed=config.seed,
+        shard_index=jax.process_index(),
+        shard_count=hosts,
+        num_workers=config.data.num_workers,
+    )
+    return iter(ds)
+
+
+def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
+    """Validates, builds and compiles everything; no step is taken."""
+    config_lib.validate(config, jax.device_count(), jax.process_count())
+    workdir = epath.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    mesh = mesh_lib.make_mesh(config.mesh.to_dict())
+    rules = [tuple(r) for r in config.sharding_rules]
+    source = open_data(config, workdir)
+    schedule = config_lib.schedule(config, len(source))
+    kwargs = config_lib.model_kwargs(config)
+    model_def = state_lib.ModelDef(kwargs, rules)
+    o = config.optim
+    lr = optim.schedule(
+        schedule.peak_lr, schedule.total_steps, schedule.warmup_steps, o.end_lr
+    )
+    tx = optim.make_optimizer(
+        lr, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, grad_clip=o.grad_clip
+    )
+    step_fn = step_lib.make_train_step(model_def, tx, lr, accum_steps=o.accum_steps)
+    size = config.model.image_size
+    batch_shapes = {
+        "frames": jax.ShapeDtypeStruct((config.batch_size, 2, size, size, 3), np.uint8)
+    }
+    abstract = state_lib.abstract_state(model_def, tx, mesh)
+    compiled, memory = step_lib.compile_step(
+        step_fn,
+        state_lib.state_shardings(model_def, tx, mesh),
+        abstract,
+        model_def,
+        mesh,
+        rules,
+        batch_shapes,
+    )
+    _log_memory(abstract, memory)
+    ckpt = checkpoint.Checkpointer(
+        workdir / "checkpoints",
+        every=config.checkpoint.every,
+        keep=config.checkpoint.keep,
+        keep_every=config.checkpoint.keep_every,
+        async_save=config.checkpoint.async_save,
+    )
+    return Run(
+        config=config,
+        workdir=workdir,
+        mesh=mesh,
+        model_def=model_def,
+        schedule=schedule,
+        step=compiled,
+        abstract_state=abstract,
+        tx=tx,
+        predict=_make_predict(model_def, config.seed),
+        data=data_iterator(config, source),
+        ckpt=ckpt,
+        flops_per_pair=flops.pair_flops(**kwargs)["train"],
+    )
+
+
+def _log_memory(abstract: state_lib.TrainState, memory) -> None:
+    """Per-device bytes of parameters, optimizer state and temporaries."""
+
+    def per_device(tree) -> int:
+        return sum(
+            int(np.prod(x.sharding.shard_shape(x.shape))) * x.dtype.itemsize
+            for x in jax.tree.leaves(tree)
+        )
+
+    mib = 2**20
+    logging.info(
+        "memory per device: params %.1f MiB, optimizer %.1f MiB, temporaries %s",
+        per_device(abstract.params) / mib,
+        per_device(abstract.opt_state) / mib,
+        f"{memory.temp_size_in_bytes / mib:.1f} MiB" if memory else "n/a",
+    )
+
+
+def restore_or_init(run: Run) -> state_lib.TrainState:
+    """The latest complete checkpoint's state (and data position), else a new one."""
+    latest = run.ckpt.latest_step()
+    if latest is None:
+        logging.info("no checkpoint in %s: starting from scratch", run.ckpt.directory)
+        return state_lib.create_state(run.model_def, run.tx, run.mesh, run.config.seed)
+    logging.info("resuming from step %d", latest)
+    return run.ckpt.restore(latest, run.abstract_state, run.data)
+
+
+def _barrier(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+class _Preemption:
+    """Sets a flag on SIGTERM (TPU preemption): save at the next step, exit."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        logging.warning("SIGTERM: saving a checkpoint at the next step, then exiting")
+        self.requested = True
+
+    def restore(self):
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+def _global_frames(run: Run, local: np.ndarray) -> jax.Array:
+    """This host's frames -> the global batch array sharded over the mesh."""
+    return jax.make_array_from_process_local_data(
+        mesh_lib.batch_sharding(run.mesh), local
+    )
+
+
+def _stop_requested(flag: _Preemption) -> bool:
+    if jax.process_count() == 1:
+        return flag.requested
+    from jax.experimental import multihost_utils
+
+    return bool(np.any(multihost_utils.process_allgather(np.int32(flag.requested))))
+
+
+def _pictures(run: Run, state, batch: dict, step: int) -> dict[str, np.ndarray]:
+    """f1 | masked f2 | reconstruction | f2 for the first pairs of ``batch``."""
+    frames = batch["frames"][:4]
+    out_frames, out = run.predict(state.params, run.model_def.buffers, frames, step)
+    out_frames, out = jax.device_get((out_frames, out))
+    grid = metrics.reconstruction_grid(
+        out_frames[:, 0],
+        out_frames[:, 1],
+        out.mask,
+        out.pred,
+        out.target,
+        patch=run.model_def.patch,
+        norm_pix=run.config.model.norm_pix_loss,
+    )
+    return {"reconstruction": grid}
+
+
+def _make_predict(model_def: state_lib.ModelDef, seed: int):
+    @jax.jit
+    def predict(params, buffers, frames, step):
+        x = step_lib.device_normalize(frames)
+        key = jax.random.fold_in(jax.random.key(seed + 1), step)
+        return x, model_def.apply(params, buffers, x[:, 0], x[:, 1], key)
+
+    return predict
+
+
+def train_loop(run: Run, state, logger: metrics.MetricsLogger):
+    """Steps from the state's step to the end (or SIGTERM); returns the state."""
+    c, total = run.config, run.schedule.total_steps
+    start = int(state.step)
+    key = jax.random.key(c.seed)
+    hooks = metrics.progress_hooks(
+        str(run.workdir), total, jax.process_index() == 0, c.train.profile_steps
+    )
+    flag, window = _Preemption(), _Window(time.perf_counter(), start)
+    skipped = bad_total = 0
+    try:
+        for step in range(start, total):
+            batch = next(run.data)
+            skipped += int(batch["skipped"])
+            frames = _global_frames(run, batch["frames"])
+            state, m = run.step(state, run.model_def.buffers, {"frames": frames}, key)
+            done, bad = step + 1, int(state.bad_in_a_row)
+            bad_total += int(bad > 0)
+            if bad >= c.train.max_bad_steps:
+                _diverged(run, done, bad)
+            if done % c.train.log_every == 0 or done == total:
+                scalars = {**m, "data_skipped": skipped, "bad_steps": bad_total}
+                logger.write_scalars(done, {**scalars, **window.rates(run, done)})
+            if c.train.image_every and done % c.train.image_every == 0:
+                logger.write_images(done, _pictures(run, state, batch, done))
+            stop = _stop_requested(flag)
+            if bad == 0:
+                run.ckpt.save(done, state, run.data, c, force=stop or done == total)
+            for hook in hooks:
+                hook(done)
+            if stop:
+                logging.warning("stopped by SIGTERM after step %d", done)
+                break
+    finally:
+        flag.restore()
+        run.ckpt.wait()
+    return state
+
+
+def _diverged(run: Run, step: int, bad: int):
+    run.ckpt.wait()
+    raise Diverged(
+        f"training diverged: {bad} non-finite losses or gradients in a row at step "
+        f"{step} (train.max_bad_steps={run.config.train.max_bad_steps}); the last "
+        f"good checkpoint is step {run.ckpt.latest_step()} in {run.ckpt.directory}. "
+        "Lower optim.base_lr or enable optim.grad_clip and resume."
+    )
+
+
+@dataclasses.dataclass
+class _Window:
+    """Throughput over the steps since the last report."""
+
+    time: float
+    step: int
+
+    def rates(self, run: Run, step: int) -> dict[str, float]:
+        now = time.perf_counter()
+        out = metrics.throughput_scalars(
+            steps=step - self.step,
+            seconds=now - self.time,
+            pairs_per_step=run.config.batch_size,
+            flops_per_pair=run.flops_per_pair,
+            num_devices=jax.device_count(),
+            peak_per_device=metrics.device_peak_flops(),
+        )
+        self.time, self.step = now, step
+        return out
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainState:
+    """Trains (or resumes) ``config`` in ``workdir``; returns the final state."""
+    r = setup(config, workdir)
+    state = restore_or_init(r)
+    logger = metrics.MetricsLogger(
+        str(r.workdir),
+        is_main=jax.process_index() == 0,
+        total_steps=r.schedule.total_steps,
+    )
+    logger.truncate_after(int(state.step) + 1)  # lines logged after the checkpoint
+    logging.info(
+        "training %d steps (%.1f steps per epoch, warmup %d, peak lr %.3g)",
+        r.schedule.total_steps,
+        r.schedule.steps_per_epoch,
+        r.schedule.warmup_steps,
+        r.schedule.peak_lr,
+    )
+    try:
+        return train_loop(r, state, logger)
+    finally:
+        logger.close()
+        r.ckpt.close()
+        close = getattr(r.data, "close", None)
+        if close:
+            close()

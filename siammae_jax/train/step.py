@@ -1,0 +1,129 @@
+"""The train step: a pure function of (state, batch, key), jitted over a mesh."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from siammae_jax.data import pairs
+from siammae_jax.models import layers
+from siammae_jax.train import mesh as mesh_lib
+from siammae_jax.train.state import ModelDef, TrainState
+
+
+def device_normalize(frames: jax.Array) -> jax.Array:
+    """uint8 frames -> float32 ImageNet-normalised (on device; floats pass through)."""
+    if frames.dtype != jnp.uint8:
+        return frames.astype(jnp.float32)
+    x = frames.astype(jnp.float32) / 255.0
+    return (x - jnp.asarray(pairs.MEAN)) / jnp.asarray(pairs.STD)
+
+
+def make_train_step(
+    model_def: ModelDef,
+    tx: optax.GradientTransformation,
+    lr_schedule: optax.Schedule,
+    *,
+    accum_steps: int = 1,
+) -> Callable:
+    """Builds ``step(state, batch, key) -> (state, metrics)``.
+
+    The masks of step ``s`` come from ``fold_in(key, s)`` (and the micro-batch
+    index): one key for the global batch, so every sample, hence every
+    device, gets its own mask, and the draw is the same on any mesh.
+    A non-finite loss or gradient skips the update (counted in
+    ``bad_in_a_row``); the step counter still advances.
+    """
+
+    def loss_fn(params, buffers, frames, key):
+        frames = layers.constrain(device_normalize(frames), ("batch",))
+        out = model_def.apply(params, buffers, frames[:, 0], frames[:, 1], key)
+        return out.loss
+
+    grad_fn = jax.value_and_grad(loss_fn)
+
+    def grads_of(params, buffers, frames, key):
+        if accum_steps == 1:
+            return grad_fn(params, buffers, frames, key)
+        b = frames.shape[0]
+        micro = frames.reshape(b // accum_steps, accum_steps, *frames.shape[1:])
+
+        def body(carry, i):
+            loss, grads = grad_fn(
+                params, buffers, micro[:, i], jax.random.fold_in(key, i)
+            )
+            return jax.tree.map(jnp.add, carry, (loss, grads)), None
+
+        zeros = (jnp.zeros(()), jax.tree.map(jnp.zeros_like, params))
+        total, _ = jax.lax.scan(body, zeros, jnp.arange(accum_steps))
+        return jax.tree.map(lambda x: x / accum_steps, total)
+
+    def step(state: TrainState, buffers, batch, key):
+        key = jax.random.fold_in(key, state.step)
+        loss, grads = grads_of(state.params, buffers, batch["frames"], key)
+        grad_norm = optax.tree.norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+        new_state = TrainState(
+            step=state.step + 1,
+            params=jax.tree.map(keep, params, state.params),
+            opt_state=jax.tree.map(keep, opt_state, state.opt_state),
+            bad_in_a_row=jnp.where(finite, 0, state.bad_in_a_row + 1),
+        )
+        metrics = {
+            "loss": loss,
+            "grad_norm": grad_norm,
+            "lr": lr_schedule(state.step),
+            "finite": finite,
+        }
+        return new_state, metrics
+
+    return step
+
+
+def compile_step(
+    step: Callable,
+    state_shardings: TrainState,
+    abstract_state: TrainState,
+    model_def: ModelDef,
+    mesh: Mesh,
+    rules: mesh_lib.Rules,
+    batch_shapes: dict,
+):
+    """Jits the step over ``mesh`` (state donated) and compiles it ahead of time.
+
+    Returns:
+      ``(compiled, memory)``: the executable and its memory analysis (or None
+      where the backend gives none).
+    """
+    replicated = NamedSharding(mesh, PartitionSpec())
+    data = mesh_lib.batch_sharding(mesh)
+    buffers = jax.tree.map(lambda _: replicated, model_def.buffers)
+    batch_sh = jax.tree.map(lambda _: data, batch_shapes)
+    jitted = jax.jit(
+        step,
+        in_shardings=(state_shardings, buffers, batch_sh, replicated),
+        out_shardings=(state_shardings, replicated),
+        donate_argnums=0,
+    )
+    abstract_buffers = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), model_def.buffers
+    )
+    abstract_batch = jax.tree.map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+        batch_shapes,
+        batch_sh,
+    )
+    with jax.set_mesh(mesh), nnx.logical_axis_rules(list(rules)):
+        lowered = jitted.lower(
+            abstract_state, abstract_buffers, abstract_batch, jax.random.key(0)
+        )
+        compiled = lowered.compile()
+    return compiled, compiled.memory_analysis()
