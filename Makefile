@@ -12,8 +12,13 @@ $(STAMP): setup.py
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $@
 
+DEMO_DIR ?= demo_out
+DEMO_STEPS ?= 300
+
+# Pre-trains the tiny config on the embedded synthetic videos (made on first use).
 demo: $(STAMP)
-	$(BIN)/python -m siammae_jax.demo
+	$(BIN)/python -m siammae_jax.main --config configs/siammae.py:tiny \
+		--workdir $(DEMO_DIR) --config.train.steps=$(DEMO_STEPS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
