@@ -1,0 +1,220 @@
+"""The training entry point in real subprocesses: resume, signals, other meshes.
+
+Each run is a ``python -m siammae_jax.main`` process on 8 fake CPU devices with
+a test-size model; the synthetic videos are written once for all of them.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from siammae_jax.train import checkpoint
+
+STEPS = 16
+FLAGS = [
+    "--config=configs/siammae.py:tiny",
+    "--config.model.encoder=test/8",
+    "--config.model.image_size=32",
+    "--config.model.decoder_dim=32",
+    "--config.model.decoder_depth=2",
+    "--config.model.decoder_heads=2",
+    "--config.model.mask_ratio=0.75",
+    "--config.batch_size=8",
+    "--config.data.min_gap=2",
+    "--config.data.max_gap=4",
+    "--config.data.num_workers=1",
+    "--config.train.log_every=1",
+    "--config.train.image_every=4",
+    "--config.checkpoint.every=4",
+    f"--config.train.steps={STEPS}",
+]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synthetic")
+    from siammae_jax.data import synthetic
+
+    synthetic.write_dataset(out, videos=8, frames=12, size=(32, 32), progress=False)
+    return out
+
+
+def _command(workdir, data_dir, *extra):
+    return [
+        sys.executable,
+        "-m",
+        "siammae_jax.main",
+        f"--workdir={workdir}",
+        *FLAGS,
+        f"--config.data.path={data_dir}",
+        *extra,
+    ]
+
+
+def _env(devices=8):
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["JAX_PLATFORMS"] = "cpu"
+    return env
+
+
+def _run(workdir, data_dir, *extra, devices=8):
+    proc = subprocess.run(
+        _command(workdir, data_dir, *extra),
+        cwd=ROOT,
+        env=_env(devices),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+def _losses(workdir) -> dict[int, float]:
+    lines = (Path(workdir) / "metrics.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in lines]
+    steps = [r["step"] for r in rows]
+    assert steps == sorted(set(steps)), "duplicate or unordered steps in metrics.jsonl"
+    return {r["step"]: r["loss"] for r in rows}
+
+
+def _params(workdir, step):
+    path = Path(workdir) / "checkpoints" / str(step) / "state"
+    return ocp.StandardCheckpointer().restore(path)["params"]
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            if f"PPid:\t{pid}\n" in status.read_text():
+                out.append(int(status.parent.name))
+        except OSError:
+            continue
+    return out
+
+
+def _running(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie (dead, not yet reaped)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "State:\tZ" not in status
+
+
+def _interrupted(workdir, data_dir, sig):
+    """Starts a run, sends ``sig`` once checkpoint 4 exists; returns the process."""
+    proc = subprocess.Popen(
+        _command(workdir, data_dir),
+        cwd=ROOT,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 300
+    while not (Path(workdir) / "checkpoints" / "4").exists():
+        assert proc.poll() is None, proc.stderr.read()[-4000:]
+        assert time.time() < deadline, "no checkpoint within 300 s"
+        time.sleep(0.05)
+    workers = _children(proc.pid)
+    proc.send_signal(sig)
+    proc.communicate(timeout=120)
+    return proc, workers
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, data_dir):
+    workdir = tmp_path_factory.mktemp("straight")
+    _run(workdir, data_dir)
+    return workdir
+
+
+def test_straight_run_logs_and_checkpoints(straight):
+    losses = _losses(straight)
+    assert sorted(losses) == list(range(1, STEPS + 1))
+    assert all(np.isfinite(list(losses.values())))
+    row = json.loads((straight / "metrics.jsonl").read_text().splitlines()[-1])
+    for key in ("step", "loss", "lr", "grad_norm", "pairs_per_sec", "data_skipped"):
+        assert key in row
+    kept = sorted(int(p.name) for p in (straight / "checkpoints").iterdir())
+    assert kept == [8, 12, 16]  # keep=3 latest
+
+
+def test_tensorboard_has_scalars_and_an_image(straight):
+    import tensorflow as tf
+
+    tags, images = set(), 0
+    for path in straight.glob("events.out.tfevents.*"):
+        for record in tf.data.TFRecordDataset(str(path)):
+            event = tf.compat.v1.Event.FromString(record.numpy())
+            for value in event.summary.value:
+                tags.add(value.tag)
+                images += value.tag == "reconstruction"
+    assert {"loss", "lr", "grad_norm", "pairs_per_sec", "data_skipped"} <= tags
+    assert images >= 1
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill", "term"])
+def test_exact_resume_after_signal(tmp_path, data_dir, straight, sig):
+    proc, workers = _interrupted(tmp_path, data_dir, sig)
+    assert workers, "expected a data-loader worker process"
+    deadline = time.time() + 10
+    while (alive := [w for w in workers if _running(w)]) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not alive, f"data-loader workers {alive} outlived the trainer"
+    stopped_at = checkpoint.Checkpointer(
+        tmp_path / "checkpoints", every=4
+    ).latest_step()
+    if sig == signal.SIGTERM:
+        assert proc.returncode == 0
+        # A checkpoint at the step where it stopped (not only at multiples of 4).
+        assert stopped_at == max(_losses(tmp_path))
+    assert stopped_at < STEPS, "the run finished before the signal: not a resume test"
+    _run(tmp_path, data_dir)
+    want, got = _losses(straight), _losses(tmp_path)
+    assert sorted(got) == list(range(1, STEPS + 1))
+    for step in range(stopped_at + 1, STEPS + 1):
+        assert got[step] == pytest.approx(want[step], rel=1e-5, abs=1e-6), step
+    a, b = _params(straight, STEPS), _params(tmp_path, STEPS)
+    for x, y in zip(_leaves(a), _leaves(b), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+def _leaves(tree):
+    import jax
+
+    return jax.tree.leaves(tree)
+
+
+def test_restore_on_other_device_counts(tmp_path, data_dir, straight):
+    losses = {}
+    for devices in (1, 4):
+        workdir = tmp_path / f"on{devices}"
+        shutil.copytree(straight, workdir)
+        _run(workdir, data_dir, f"--config.train.steps={STEPS + 2}", devices=devices)
+        losses[devices] = _losses(workdir)
+        assert sorted(losses[devices])[-2:] == [STEPS + 1, STEPS + 2]
+    for step in (STEPS + 1, STEPS + 2):
+        assert losses[1][step] == pytest.approx(losses[4][step], rel=1e-4)
+
+
+def test_half_written_checkpoint_is_ignored(tmp_path, straight):
+    ckpt_dir = tmp_path / "checkpoints"
+    shutil.copytree(straight / "checkpoints", ckpt_dir)
+    partial = ckpt_dir / f"{STEPS + 4}.orbax-checkpoint-tmp-1234"
+    (partial / "state").mkdir(parents=True)
+    (partial / "state" / "garbage").write_bytes(b"\0" * 100)
+    assert checkpoint.Checkpointer(ckpt_dir, every=4).latest_step() == STEPS
