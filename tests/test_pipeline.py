@@ -116,3 +116,15 @@ def test_all_bad_fails_clearly():
 def test_bad_pipeline_config(kwargs, field):
     with pytest.raises(ValueError, match=field):
         _pipe(**kwargs)
+
+
+def test_global_batch_independent_of_host_count():
+    single = _take(iter(_pipe(batch_size=8)), 3)
+    hosts = [
+        _take(iter(_pipe(batch_size=4, shard_index=h, shard_count=2)), 3)
+        for h in (0, 1)
+    ]
+    for k in range(3):
+        for key in ("frames", "indices", "crop", "flip", "video"):
+            joined = np.concatenate([hosts[0][k][key], hosts[1][k][key]])
+            np.testing.assert_array_equal(joined, single[k][key])

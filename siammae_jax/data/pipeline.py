@@ -2,14 +2,19 @@
 
 Random access first, iterator last (grain's recommended layout)::
 
-    range(num_videos) -> host shard -> shuffle(seed) -> repeat
-      -> random_map(PairMaker)          # decode 2 x repeats frames, augment
-      -> batch(per-host pairs / repeats) # in the MapDataset: same batches
-      -> to_iter_dataset -> mp_prefetch  # whatever the number of workers
+    order = range(num_videos) -> shuffle(seed) -> repeat   # one global order
+    range(host records) -> map(HostPositions)  # this host's slice of each
+                                               # global batch -> global position
+      -> map(PairMaker)                   # order[position]: decode, augment
+      -> batch(per-host pairs / repeats)  # in the MapDataset: same batches
+      -> to_iter_dataset -> mp_prefetch   # whatever the number of workers
 
-Every random choice comes from the rng that grain derives from the seed and
-the record's position, so the iterator state is small and exact (saved and
-restored with ``get_state`` / ``set_state``, or grain's orbax handler).
+Host h takes the h-th slice of every global batch, so the hosts read disjoint
+videos that together cover the data, and the global batch (hosts' slices in
+process order) is the same whatever the number of hosts. Every random choice
+comes from ``np.random.default_rng([seed, position])`` with the record's
+global position, so batches do not depend on hosts or workers and the
+iterator state is small and exact (``get_state`` / ``set_state``).
 
 Bad videos (corrupt, truncated, empty, unreadable, shorter than the minimum
 gap) never stop the pipeline and never yield a wrong pair: the record is
@@ -32,16 +37,46 @@ from siammae_jax.data import pairs
 from siammae_jax.data.video import BadVideoError
 
 
-class PairMaker:
-    """Random map: record index -> ``repeats`` pairs of a readable video."""
+class HostPositions:
+    """Map: host-local record index -> global position in the shuffled order."""
 
-    def __init__(self, source: Any, sampler: pairs.PairSampler, max_retries: int = 32):
+    def __init__(self, per_host: int, shard_index: int, shard_count: int):
+        self.per_host, self.shard_index, self.shard_count = (
+            per_host,
+            shard_index,
+            shard_count,
+        )
+
+    def __repr__(self) -> str:
+        return f"HostPositions({self.per_host}, {self.shard_index}, {self.shard_count})"
+
+    def __call__(self, index: int) -> int:
+        batch, offset = divmod(index, self.per_host)
+        return (batch * self.shard_count + self.shard_index) * self.per_host + offset
+
+
+class PairMaker:
+    """Map: global position -> ``repeats`` pairs of a readable video."""
+
+    def __init__(
+        self,
+        source: Any,
+        sampler: pairs.PairSampler,
+        order: grain.MapDataset,
+        seed: int,
+        max_retries: int = 32,
+    ):
         self.source = source
         self.sampler = sampler
+        self.order = order
+        self.seed = seed
         self.max_retries = max_retries
 
     def __repr__(self) -> str:
-        return f"PairMaker({self.source!r}, {self.sampler!r}, {self.max_retries})"
+        return (
+            f"PairMaker({self.source!r}, {self.sampler!r}, seed={self.seed}, "
+            f"max_retries={self.max_retries})"
+        )
 
     def _try(self, index: int, rng: np.random.Generator) -> dict | BadVideoError:
         try:
@@ -49,7 +84,9 @@ class PairMaker:
         except BadVideoError as e:
             return e
 
-    def __call__(self, index: int, rng: np.random.Generator) -> dict:
+    def __call__(self, position: int) -> dict:
+        index = int(self.order[position])
+        rng = np.random.default_rng([self.seed, position])
         n = len(self.source)
         for k in range(self.max_retries + 1):
             j = (index + k) % n
@@ -107,7 +144,8 @@ def make_pipeline(
 
     Args:
       source: a source of ``siammae_jax.data.sources`` (one record = one video).
-      batch_size: pairs per batch on this host; a multiple of ``repeats``.
+      batch_size: pairs per batch on this host; a multiple of ``repeats``
+        (the global batch is ``batch_size x shard_count``).
       sampler: pair sampling and augmentation (default: the paper's).
       seed: shuffling and augmentation seed (same seed => same batches).
       shard_index, shard_count: this host's shard (``jax.process_index()``,
@@ -124,13 +162,16 @@ def make_pipeline(
     """
     sampler = sampler or pairs.PairSampler()
     _check(len(source), batch_size, sampler.repeats, shard_index, shard_count)
-    ds = grain.MapDataset.range(len(source))
-    ds = ds.slice(slice(shard_index, None, shard_count)).shuffle(seed=seed)
-    ds = ds.repeat(num_epochs)
-    ds = ds.random_map(PairMaker(source, sampler, max_retries), seed=seed)
-    ds = ds.batch(
-        batch_size // sampler.repeats, drop_remainder=True, batch_fn=_Collate(normalize)
-    )
+    per_host = batch_size // sampler.repeats  # records per host batch
+    order = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat(num_epochs)
+    if num_epochs is None:
+        records = sys.maxsize // shard_count
+    else:  # whole global batches only, so every host yields as many batches
+        records = len(order) // (per_host * shard_count) * per_host
+    ds = grain.MapDataset.range(records)
+    ds = ds.map(HostPositions(per_host, shard_index, shard_count))
+    ds = ds.map(PairMaker(source, sampler, order, seed, max_retries))
+    ds = ds.batch(per_host, drop_remainder=True, batch_fn=_Collate(normalize))
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2))
     if num_workers > 0:
         it = it.mp_prefetch(
