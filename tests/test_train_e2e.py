@@ -90,8 +90,17 @@ def _losses(workdir) -> dict[int, float]:
 
 
 def _params(workdir, step):
+    """The parameters of a checkpoint, restored onto this process' first device."""
+    import jax
+
     path = Path(workdir) / "checkpoints" / str(step) / "state"
-    return ocp.StandardCheckpointer().restore(path)["params"]
+    checkpointer = ocp.StandardCheckpointer()
+    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one),
+        checkpointer.metadata(path).item_metadata,
+    )
+    return checkpointer.restore(path, target)["params"]
 
 
 def _children(pid: int) -> list[int]:
@@ -218,3 +227,43 @@ def test_half_written_checkpoint_is_ignored(tmp_path, straight):
     (partial / "state").mkdir(parents=True)
     (partial / "state" / "garbage").write_bytes(b"\0" * 100)
     assert checkpoint.Checkpointer(ckpt_dir, every=4).latest_step() == STEPS
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_agree_with_one(tmp_path, data_dir, straight):
+    port = _free_port()
+    procs = [
+        subprocess.Popen(
+            _command(
+                tmp_path,
+                data_dir,
+                f"--coordinator=127.0.0.1:{port}",
+                "--num_processes=2",
+                f"--process_id={i}",
+            ),
+            cwd=ROOT,
+            env=_env(devices=4),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    errors = [p.communicate(timeout=600)[1] for p in procs]
+    for p, err in zip(procs, errors, strict=True):
+        assert p.returncode == 0, err[-4000:]
+    want, got = _losses(straight), _losses(tmp_path)  # process 0 writes the metrics
+    assert sorted(got) == sorted(want)
+    for step in want:
+        assert got[step] == pytest.approx(want[step], rel=1e-4), step
+    a, b = _params(straight, STEPS), _params(tmp_path, STEPS)
+    for x, y in zip(_leaves(a), _leaves(b), strict=True):
+        # Adam turns float noise in near-zero gradients into ~lr-sized steps.
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-4)
