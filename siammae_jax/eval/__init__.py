@@ -1,0 +1,1 @@
+"""Evaluation with frozen features: label propagation and its benchmarks."""

@@ -1,0 +1,403 @@
+"""JHMDB pose propagation: data reading, joint heatmaps, decoding, PCK and outputs.
+
+Layout read (``root`` is the ``JHMDB`` folder)::
+
+    Rename_Images/<class>/<video>/00001.png ...         RGB frames, 1-based names
+    joint_positions/<class>/<video>/joint_positions.mat  pos_img [2, 15, T], 1-based (x, y)
+    splits/<class>_test_split<k>.txt                     "<video>.avi 1|2" (2 = test)
+
+Conventions:
+  * Joints are (x, y) 0-based pixel coordinates with pixel centres at integers
+    (``pos_img - 1``); an image of width W spans x in [-0.5, W - 0.5].
+  * Label maps have ``NUM_CHANNELS`` = 16 channels: channel ``BACKGROUND`` = 0
+    is the background, channel ``1 + j`` is joint j (0..14).
+  * Pixel <-> grid mapping uses half-pixel centres (like bilinear resizing
+    with ``align_corners=False``): ``grid_x = (x + 0.5) * w / W - 0.5`` and
+    back ``x = (grid_x + 0.5) * W / w - 0.5``.
+  * A joint's heatmap is a Gaussian of ``sigma`` grid cells around its grid
+    position, sampled at the cell centres and scaled so that its largest cell
+    is exactly 1 (max normalisation). ``decode_joints`` only uses the relative
+    values of a channel, so any positive scale decodes to the same position.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import scipy.io
+from PIL import Image
+
+NUM_JOINTS = 15
+NUM_CHANNELS = NUM_JOINTS + 1
+BACKGROUND = 0  # channel of the background; joint j is channel 1 + j
+TEST_LABEL = "2"  # split files mark test videos with 2 (train: 1)
+MAT_NAME = "joint_positions.mat"
+
+
+@dataclasses.dataclass(frozen=True)
+class JhmdbVideo:
+    """One JHMDB video with its ground-truth joints.
+
+    Attributes:
+      name: video name (folder name, without ``.avi``).
+      frames: uint8 [T, H, W, 3] RGB frames in file order (00001.png first).
+      joints: float64 [T, 15, 2] (x, y), 0-based pixel coordinates.
+      cls: action class (the parent folder).
+    """
+
+    name: str
+    frames: np.ndarray
+    joints: np.ndarray
+    cls: str = ""
+
+
+# ------------------------------------------------------------------ reading
+
+
+def _split_file_class(path: Path, split: int) -> str:
+    return path.name[: -len(f"_test_split{split}.txt")]
+
+
+def read_split(root: str | Path, split: int = 1) -> list[tuple[str, str]]:
+    """Test videos of one official split.
+
+    Args:
+      root: the ``JHMDB`` folder.
+      split: split number (1, 2 or 3).
+
+    Returns:
+      Sorted ``(class, video)`` pairs of the lines marked ``2`` in
+      ``splits/<class>_test_split<split>.txt``.
+
+    Raises:
+      FileNotFoundError: no ``splits`` folder or no split file for ``split``.
+      ValueError: a malformed line (file and line number in the message).
+    """
+    splits = Path(root) / "splits"
+    if not splits.is_dir():
+        raise FileNotFoundError(f"JHMDB split folder not found: {splits}")
+    files = sorted(splits.glob(f"*_test_split{split}.txt"))
+    if not files:
+        raise FileNotFoundError(
+            f"no JHMDB split files {splits}/<class>_test_split{split}.txt"
+        )
+    videos = []
+    for path in files:
+        cls = _split_file_class(path, split)
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) != 2 or fields[1] not in ("0", "1", TEST_LABEL):
+                raise ValueError(
+                    f"{path}:{number}: expected '<video>.avi <1|2>', got {line!r}"
+                )
+            if fields[1] == TEST_LABEL:
+                videos.append((cls, fields[0].removesuffix(".avi")))
+    return sorted(videos)
+
+
+def _frame_paths(folder: Path) -> list[Path]:
+    """The PNG frames 00001.png..0000T.png of ``folder``; errors name a gap."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"JHMDB frame folder not found: {folder}")
+    numbers = sorted(
+        int(p.stem) for p in folder.glob("*.png") if re.fullmatch(r"\d+", p.stem)
+    )
+    if not numbers:
+        raise FileNotFoundError(f"no PNG frames (00001.png...) in {folder}")
+    for expected in range(1, numbers[-1] + 1):
+        path = folder / f"{expected:05d}.png"
+        if not path.is_file():
+            raise FileNotFoundError(f"missing JHMDB frame {path}")
+    return [folder / f"{n:05d}.png" for n in range(1, numbers[-1] + 1)]
+
+
+def _read_frames(paths: Sequence[Path]) -> np.ndarray:
+    """uint8 [T, H, W, 3]; errors name a frame whose size differs from the first."""
+    frames = []
+    for path in paths:
+        with Image.open(path) as image:
+            frame = np.asarray(image.convert("RGB"))
+        if frames and frame.shape != frames[0].shape:
+            raise ValueError(
+                f"{path}: frame size {frame.shape[:2]} differs from "
+                f"{paths[0].name}'s {frames[0].shape[:2]}"
+            )
+        frames.append(frame)
+    return np.stack(frames)
+
+
+def _read_pos_img(path: Path, num_frames: int) -> np.ndarray:
+    """float64 [T, 15, 2] 0-based joints from ``pos_img`` [2, 15, T] (1-based)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"JHMDB joint file not found: {path}")
+    mat = scipy.io.loadmat(path)
+    if "pos_img" not in mat:
+        keys = sorted(k for k in mat if not k.startswith("__"))
+        raise KeyError(f"{path}: no 'pos_img' variable (has {keys})")
+    pos_img = np.asarray(mat["pos_img"], np.float64)
+    if pos_img.ndim != 3 or pos_img.shape[:2] != (2, NUM_JOINTS):
+        raise ValueError(
+            f"{path}: pos_img must be [2, {NUM_JOINTS}, T], got {pos_img.shape}"
+        )
+    if pos_img.shape[2] != num_frames:
+        raise ValueError(
+            f"{path}: pos_img has {pos_img.shape[2]} frames but the video folder "
+            f"has {num_frames} frames"
+        )
+    return pos_img.transpose(2, 1, 0) - 1.0
+
+
+def load_video(root: str | Path, cls: str, video: str) -> JhmdbVideo:
+    """Reads one video's frames and ground-truth joints.
+
+    Args:
+      root: the ``JHMDB`` folder.
+      cls: action class.
+      video: video name (without ``.avi``).
+
+    Returns:
+      The video; joints are 0-based (x, y).
+
+    Raises:
+      FileNotFoundError: a missing frame folder, frame or .mat file.
+      KeyError: the .mat file has no ``pos_img``.
+      ValueError: frames of different sizes or a ``pos_img`` whose number of
+        frames differs from the folder's.
+    """
+    root = Path(root)
+    paths = _frame_paths(root / "Rename_Images" / cls / video)
+    frames = _read_frames(paths)
+    joints = _read_pos_img(
+        root / "joint_positions" / cls / video / MAT_NAME, len(paths)
+    )
+    return JhmdbVideo(name=video, frames=frames, joints=joints, cls=cls)
+
+
+# ------------------------------------------------------ encoding / decoding
+
+
+def to_grid(xy: np.ndarray, image_hw: Sequence[int], grid_hw: Sequence[int]):
+    """Maps (x, y) image pixels to (x, y) grid cells (half-pixel centres)."""
+    scale = np.array([grid_hw[1] / image_hw[1], grid_hw[0] / image_hw[0]])
+    return (np.asarray(xy, np.float64) + 0.5) * scale - 0.5
+
+
+def from_grid(xy: np.ndarray, image_hw: Sequence[int], grid_hw: Sequence[int]):
+    """Maps (x, y) grid cells to (x, y) image pixels; inverse of ``to_grid``."""
+    scale = np.array([image_hw[1] / grid_hw[1], image_hw[0] / grid_hw[0]])
+    return (np.asarray(xy, np.float64) + 0.5) * scale - 0.5
+
+
+def joint_heatmaps(
+    joints_xy: np.ndarray,
+    image_hw: Sequence[int],
+    grid_hw: Sequence[int],
+    sigma: float = 0.5,
+) -> np.ndarray:
+    """Encodes one frame's joints as Gaussian heatmaps plus a background channel.
+
+    Args:
+      joints_xy: [15, 2] (x, y) 0-based image pixels.
+      image_hw: (H, W) of the image the joints refer to.
+      grid_hw: (h, w) of the feature grid.
+      sigma: Gaussian standard deviation in grid cells.
+
+    Returns:
+      float32 [h, w, 16]: channel 0 is the background, 1 - max over joints
+      (clipped at 0); channel 1 + j is joint j, max-normalised to 1. A joint
+      outside the image (x outside [-0.5, W - 0.5] or y outside
+      [-0.5, H - 0.5]) or not finite gets an all-zero channel.
+    """
+    joints = np.asarray(joints_xy, np.float64)
+    if joints.shape != (NUM_JOINTS, 2):
+        raise ValueError(f"joints_xy must be [{NUM_JOINTS}, 2], got {joints.shape}")
+    h, w = grid_hw
+    limits = np.array([image_hw[1], image_hw[0]]) - 0.5
+    with np.errstate(invalid="ignore"):
+        inside = np.all(np.isfinite(joints) & (joints >= -0.5) & (joints <= limits), 1)
+    grid = to_grid(np.where(np.isfinite(joints), joints, 0.0), image_hw, grid_hw)
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
+    d2 = (xs[..., None] - grid[:, 0]) ** 2 + (ys[..., None] - grid[:, 1]) ** 2
+    heat = np.exp(-d2 / (2.0 * sigma**2))  # [h, w, 15]
+    peak = heat.reshape(-1, NUM_JOINTS).max(0)
+    heat = np.where(inside & (peak > 0), heat / np.maximum(peak, 1e-300), 0.0)
+    background = np.clip(1.0 - heat.max(-1), 0.0, None)
+    return np.concatenate([background[..., None], heat], -1).astype(np.float32)
+
+
+def decode_joints(
+    soft: np.ndarray, image_hw: Sequence[int], topk: int = 3
+) -> np.ndarray:
+    """Decodes joint positions from (propagated) soft label maps.
+
+    For each joint channel, the ``topk`` grid cells with the largest values
+    (ties: lowest row-major index first) are averaged, weighted by their
+    values (negative values count as 0), and mapped back to image pixels.
+
+    Args:
+      soft: [..., h, w, 16] label maps, background in channel 0.
+      image_hw: (H, W) of the image to report positions in.
+      topk: number of cells averaged per joint.
+
+    Returns:
+      float64 [..., 15, 2] (x, y) 0-based pixels; NaN for a joint whose
+      top-k values are all <= 0 (e.g. a joint that was outside frame 0).
+    """
+    soft = np.asarray(soft, np.float64)
+    if soft.ndim < 3 or soft.shape[-1] != NUM_CHANNELS:
+        raise ValueError(f"soft must be [..., h, w, {NUM_CHANNELS}], got {soft.shape}")
+    h, w = soft.shape[-3:-1]
+    k = min(topk, h * w)
+    flat = soft[..., 1:].reshape(*soft.shape[:-3], h * w, NUM_JOINTS)
+    order = np.argsort(-flat, axis=-2, kind="stable")[..., :k, :]  # [..., k, 15]
+    weights = np.clip(np.take_along_axis(flat, order, axis=-2), 0.0, None)
+    cells = np.stack([order % w, order // w], -1).astype(np.float64)  # [..., k, 15, 2]
+    total = weights.sum(-2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        grid = (cells * weights[..., None]).sum(-3) / total[..., None]
+    grid = np.where(total[..., None] > 0, grid, np.nan)
+    return from_grid(grid, image_hw, (h, w))
+
+
+# ------------------------------------------------------------------- metric
+
+
+def _as_videos(arrays, name: str) -> list[np.ndarray]:
+    videos = [np.asarray(a, np.float64) for a in arrays]
+    for i, video in enumerate(videos):
+        if video.ndim != 3 or video.shape[1:] != (NUM_JOINTS, 2):
+            raise ValueError(
+                f"{name}[{i}] must be [T, {NUM_JOINTS}, 2], got {video.shape}"
+            )
+    return videos
+
+
+def pck(
+    pred: np.ndarray | Sequence[np.ndarray],
+    gt: np.ndarray | Sequence[np.ndarray],
+    thresholds: Sequence[float] = (0.1, 0.2),
+) -> dict:
+    """Percentage of correct keypoints, pooled over all videos and frames.
+
+    A joint is correct when its distance to the ground truth is <= a x 0.6 x
+    the diagonal of the bounding box of that frame's ground-truth joints
+    (inclusive, with a 1e-9 relative tolerance for float rounding). Frame 0
+    (given) is excluded; a NaN prediction is wrong. Per-joint accuracy is the
+    mean over all (video, frame) pairs; PCK is the mean over the 15 joints.
+
+    Args:
+      pred: [N, T, 15, 2] or a list of [T_i, 15, 2] predicted (x, y).
+      gt: ground truth with the same shapes.
+      thresholds: the values of a.
+
+    Returns:
+      ``{"PCK@0.1": float, "per_joint@0.1": [15 floats], ..., "frames": F,
+      "videos": N}`` with F the number of frames scored.
+    """
+    preds, gts = _as_videos(pred, "pred"), _as_videos(gt, "gt")
+    if len(preds) != len(gts):
+        raise ValueError(f"{len(preds)} predicted videos but {len(gts)} ground truths")
+    for i, (p, g) in enumerate(zip(preds, gts, strict=True)):
+        if p.shape != g.shape:
+            raise ValueError(f"video {i}: pred {p.shape} but gt {g.shape}")
+    p = np.concatenate([v[1:] for v in preds]) if preds else np.zeros((0, 15, 2))
+    g = np.concatenate([v[1:] for v in gts]) if gts else np.zeros((0, 15, 2))
+    if len(g) == 0:
+        raise ValueError("no frames to score (every video has only frame 0)")
+    diagonal = np.hypot(*(g.max(1) - g.min(1)).T)  # [F]
+    distance = np.hypot(*(p - g).transpose(2, 0, 1))  # [F, 15]
+    results: dict = {}
+    for a in thresholds:
+        limit = a * 0.6 * diagonal[:, None] * (1 + 1e-9)
+        with np.errstate(invalid="ignore"):
+            per_joint = (distance <= limit).mean(0)
+        results[f"PCK@{a:g}"] = float(per_joint.mean())
+        results[f"per_joint@{a:g}"] = [float(v) for v in per_joint]
+    results.update(frames=int(len(g)), videos=len(gts))
+    return results
+
+
+# ------------------------------------------------------------------ writing
+
+
+def _clean(value):
+    """JSON-safe copy: numpy to Python, NaN/inf to None."""
+    if isinstance(value, Mapping):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        return _clean(value.tolist())
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_predictions(
+    out_dir: str | Path, cls: str, video: str, pred: np.ndarray
+) -> tuple[Path, Path]:
+    """Writes one video's predicted joints like the input annotations.
+
+    Files: ``<out_dir>/<cls>/<video>/joint_positions.mat`` with ``pos_img``
+    [2, 15, T] 1-based (x, y) (readable by ``load_video``'s .mat reader), and
+    ``joint_positions.json`` with ``class``, ``video`` and ``joints`` [T][15][2]
+    0-based (x, y) (NaN -> null).
+
+    Args:
+      out_dir: output root.
+      cls: action class.
+      video: video name.
+      pred: [T, 15, 2] (x, y) 0-based.
+
+    Returns:
+      The (.mat, .json) paths.
+    """
+    pred = np.asarray(pred, np.float64)
+    if pred.ndim != 3 or pred.shape[1:] != (NUM_JOINTS, 2):
+        raise ValueError(f"pred must be [T, {NUM_JOINTS}, 2], got {pred.shape}")
+    folder = Path(out_dir) / cls / video
+    folder.mkdir(parents=True, exist_ok=True)
+    mat_path, json_path = folder / MAT_NAME, folder / "joint_positions.json"
+    scipy.io.savemat(mat_path, {"pos_img": (pred + 1.0).transpose(2, 1, 0)})
+    record = {"class": cls, "video": video, "joints": _clean(pred)}
+    json_path.write_text(json.dumps(record) + "\n")
+    return mat_path, json_path
+
+
+def write_summary(out_dir: str | Path, results: Mapping) -> tuple[Path, Path]:
+    """Writes ``jhmdb_summary.json`` (all of ``results``) and ``jhmdb_summary.csv``.
+
+    The CSV has columns ``joint`` and one ``PCK@a`` per threshold found in
+    ``results`` (``per_joint@a`` lists): rows 0..14, then ``mean``.
+
+    Args:
+      out_dir: output folder (created).
+      results: ``pck``'s output, optionally with extra JSON-able entries.
+
+    Returns:
+      The (.json, .csv) paths.
+    """
+    folder = Path(out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    json_path, csv_path = folder / "jhmdb_summary.json", folder / "jhmdb_summary.csv"
+    json_path.write_text(json.dumps(_clean(dict(results)), indent=2) + "\n")
+    keys = [k for k in results if k.startswith("PCK@")]
+    with csv_path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["joint", *keys])
+        for j in range(NUM_JOINTS):
+            row = [results["per_joint@" + k[4:]][j] for k in keys]
+            writer.writerow([j, *row])
+        writer.writerow(["mean", *[results[k] for k in keys]])
+    return json_path, csv_path
