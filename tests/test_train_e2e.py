@@ -267,3 +267,33 @@ def test_two_processes_agree_with_one(tmp_path, data_dir, straight):
     for x, y in zip(_leaves(a), _leaves(b), strict=True):
         # Adam turns float noise in near-zero gradients into ~lr-sized steps.
         np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-4)
+
+
+def test_divergence_stops_with_the_last_good_checkpoint(tmp_path, data_dir):
+    proc = subprocess.run(
+        _command(
+            tmp_path,
+            data_dir,
+            "--config.optim.base_lr=1e30",
+            "--config.train.max_bad_steps=3",
+            "--config.checkpoint.every=2",
+        ),
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode != 0
+    lines = [x for x in proc.stderr.splitlines() if "training diverged" in x]
+    assert lines, proc.stderr[-3000:]
+    message = lines[-1]
+    assert "training diverged: 3 non-finite" in message
+    rows = [
+        json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()
+    ]
+    first_bad = min(r["step"] for r in rows if not r["finite"])
+    assert f"at step {first_bad + 2}" in message
+    saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir())
+    assert saved and max(saved) < first_bad  # nothing saved once steps went bad
+    assert f"last good checkpoint is step {max(saved)}" in message
