@@ -192,7 +192,7 @@ class _Preemption:
         signal.signal(signal.SIGTERM, self._previous)
 
 
-def _global_frames(run: Run, local: np.ndarray) -> jax.Array:
+def global_frames(run: Run, local: np.ndarray) -> jax.Array:
     """This host's frames -> the global batch array sharded over the mesh."""
     return jax.make_array_from_process_local_data(
         mesh_lib.batch_sharding(run.mesh), local
@@ -248,7 +248,7 @@ def train_loop(run: Run, state, logger: metrics.MetricsLogger):
         for step in range(start, total):
             batch = next(run.data)
             skipped += int(batch["skipped"])
-            frames = _global_frames(run, batch["frames"])
+            frames = global_frames(run, batch["frames"])
             state, m = run.step(state, run.model_def.buffers, {"frames": frames}, key)
             done, bad = step + 1, int(state.bad_in_a_row)
             bad_total += int(bad > 0)
