@@ -297,3 +297,31 @@ def test_divergence_stops_with_the_last_good_checkpoint(tmp_path, data_dir):
     saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir())
     assert saved and max(saved) < first_bad  # nothing saved once steps went bad
     assert f"last good checkpoint is step {max(saved)}" in message
+
+
+def test_evaluate_a_training_checkpoint(tmp_path, data_dir, straight):
+    out = tmp_path / "davis"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "siammae_jax.eval",
+            "davis",
+            f"--checkpoint={straight}",
+            f"--data={data_dir / 'DAVIS'}",
+            f"--out={out}",
+            "--config.davis.short_side=32",
+        ],
+        cwd=ROOT,
+        env=_env(devices=1),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["encoder"].endswith("(test/8)")
+    assert 0.0 <= summary["scores"]["J&F-Mean"] <= 1.0
+    assert "J&F-Mean" in proc.stdout
+    header = (out / "global_results-val.csv").read_text().splitlines()[0]
+    assert header == "J&F-Mean,J-Mean,J-Recall,J-Decay,F-Mean,F-Recall,F-Decay"

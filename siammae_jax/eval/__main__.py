@@ -1,0 +1,83 @@
+"""Label-propagation evaluation CLI.
+
+    python -m siammae_jax.eval davis|jhmdb|vip \
+        (--checkpoint WORKDIR_OR_STEP_DIR | --random SIZE) --data ROOT --out DIR \
+        [--config.davis.topk=7 ...]
+    python -m siammae_jax.eval score-davis --data DAVIS_ROOT --results DIR [--set val]
+
+Propagates with the frozen encoder, writes predictions in each benchmark's
+official format plus overlay pictures, scores them, prints a summary table and
+saves it as ``<out>/summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from absl import app, flags, logging
+from etils import epath
+from ml_collections import config_flags
+
+from siammae_jax.eval import config as eval_config
+from siammae_jax.eval import davis, encoder, tasks
+
+_CONFIG = config_flags.DEFINE_config_dict("config", eval_config.get_config())
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Training workdir or step dir.")
+_RANDOM = flags.DEFINE_string("random", None, "Random-init encoder, e.g. vits16.")
+_IMAGE_SIZE = flags.DEFINE_integer("image_size", 224, "Grid of a --random encoder.")
+_DATA = flags.DEFINE_string("data", None, "Benchmark root (official layout).")
+_OUT = flags.DEFINE_string("out", None, "Output folder for predictions and scores.")
+_RESULTS = flags.DEFINE_string("results", None, "score-davis: results folder.")
+_SET = flags.DEFINE_string("set", "val", "score-davis: ImageSets/2017 set name.")
+
+COMMANDS = (*tasks.RUNNERS, "score-davis")
+
+
+def _encoder():
+    if bool(_CHECKPOINT.value) == bool(_RANDOM.value):
+        raise app.UsageError("give exactly one of --checkpoint and --random")
+    if _CHECKPOINT.value:
+        model, cfg = encoder.load_checkpoint_encoder(_CHECKPOINT.value)
+        logging.info("encoder %s from %s", cfg["encoder"], _CHECKPOINT.value)
+        return model, f"checkpoint {_CHECKPOINT.value} ({cfg['encoder']})"
+    model = encoder.random_encoder(_RANDOM.value, _IMAGE_SIZE.value)
+    return model, f"random-init {model.variant}"
+
+
+def _print_table(title: str, scores: dict) -> None:
+    print(f"\n{title}")
+    for key, value in scores.items():
+        print(f"  {key:<12} {value:.3f}")
+
+
+def main(argv):
+    if len(argv) != 2 or argv[1] not in COMMANDS:
+        raise app.UsageError(f"give one command of {COMMANDS}, got {argv[1:]}")
+    command = argv[1]
+    if command == "score-davis":
+        if not (_DATA.value and _RESULTS.value):
+            raise app.UsageError("score-davis needs --data and --results")
+        scores, rows = davis.score(_DATA.value, _RESULTS.value, _SET.value)
+        davis.write_csvs(_RESULTS.value, scores, rows, _SET.value)
+        _print_table(f"DAVIS-2017 {_SET.value}: {_RESULTS.value}", scores)
+        return
+    if not (_DATA.value and _OUT.value):
+        raise app.UsageError(f"{command} needs --data and --out")
+    model, name = _encoder()
+    config = _CONFIG.value
+    out = epath.Path(_OUT.value)
+    out.mkdir(parents=True, exist_ok=True)
+    extract = encoder.FeatureExtractor(model, batch_size=config.batch_size)
+    scores = tasks.RUNNERS[command](
+        extract, model.patch, _DATA.value, out, config[command], config.overlays
+    )
+    summary = {"task": command, "encoder": name, "scores": scores}
+    summary["config"] = config[command].to_dict()
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    _print_table(f"{command}: {name}", scores)
+    print(f"predictions, overlays and scores in {out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    app.run(main)
