@@ -94,3 +94,19 @@ def test_davis_runner_writes_official_outputs(davis_root, tmp_path):
     assert len(list((tmp_path / "overlays").glob("*.png"))) == 3
     again, _ = davis.score(davis_root, tmp_path, progress=False)  # score-davis alone
     assert again == pytest.approx(scores)
+
+
+def test_attention_pictures(davis_root, tmp_path):
+    from siammae_jax.eval import attention
+
+    model = encoder.random_encoder("test/8", image_size=32)
+    frames_dir = davis_root / "JPEGImages" / "480p" / davis.read_set(davis_root)[0]
+    frames = attention.read_frames(str(frames_dir), max_frames=5)
+    maps = attention.attention_maps(model, frames)
+    assert maps.shape == (5, 2, 4, 6)
+    # [CLS] attends to itself and the patches: the patch share is at most 1.
+    assert np.all(maps >= 0) and np.all(maps.sum((2, 3)) <= 1.0 + 1e-5)
+    info = attention.run(model, str(frames_dir), str(tmp_path), 32, 5)
+    assert info["heads"] == 2
+    assert (tmp_path / "attention.png").stat().st_size > 0
+    assert (tmp_path / "attention.mp4").stat().st_size > 0

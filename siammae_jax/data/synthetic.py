@@ -56,13 +56,14 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import av
 import numpy as np
 import scipy.io
 import skimage.data
 from PIL import Image
 from scipy import ndimage
 from tqdm import tqdm
+
+from siammae_jax.data import video as video_lib
 
 KINDS = ("blob", "polygon", "ellipse")
 COLOUR_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry")
@@ -514,21 +515,6 @@ def _jpeg(frame: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _write_mp4(path: Path, frames: np.ndarray) -> None:
-    """H.264 (libx264 through PyAV), yuv420p, ``FPS`` fps, a keyframe every ``GOP``."""
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("libx264", rate=FPS)
-        stream.height, stream.width = frames.shape[1:3]
-        stream.pix_fmt = "yuv420p"
-        stream.codec_context.gop_size = GOP
-        stream.options = {"crf": "15", "x264-params": f"keyint={GOP}:min-keyint={GOP}"}
-        for frame in frames:
-            container.mux(
-                stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24"))
-            )
-        container.mux(stream.encode())
-
-
 def _write_images(out: Path, video: SyntheticVideo) -> None:
     """Frame folders plus the DAVIS, JHMDB and VIP images and label maps."""
     name, kind = video.name, video.kinds[video.person - 1]
@@ -560,7 +546,9 @@ def _write_images(out: Path, video: SyntheticVideo) -> None:
 
 def _write_video(out: Path, video: SyntheticVideo) -> None:
     """Every file of one video."""
-    _write_mp4(out / "videos" / f"{video.name}.mp4", video.frames)
+    video_lib.write_mp4(
+        out / "videos" / f"{video.name}.mp4", video.frames, fps=FPS, gop=GOP
+    )
     _write_images(out, video)
     kind = video.kinds[video.person - 1]
     mat_dir = out / "JHMDB" / "joint_positions" / kind / video.name

@@ -4,6 +4,8 @@
         (--checkpoint WORKDIR_OR_STEP_DIR | --random SIZE) --data ROOT --out DIR \
         [--config.davis.topk=7 ...]
     python -m siammae_jax.eval score-davis --data DAVIS_ROOT --results DIR [--set val]
+    python -m siammae_jax.eval attention (--checkpoint DIR | --random SIZE) \
+        --video VIDEO_OR_FRAMES --out DIR [--short_side 480]
 
 Propagates with the frozen encoder, writes predictions in each benchmark's
 official format plus overlay pictures, scores them, prints a summary table and
@@ -19,8 +21,8 @@ from absl import app, flags, logging
 from etils import epath
 from ml_collections import config_flags
 
+from siammae_jax.eval import attention, davis, encoder, tasks
 from siammae_jax.eval import config as eval_config
-from siammae_jax.eval import davis, encoder, tasks
 
 _CONFIG = config_flags.DEFINE_config_dict("config", eval_config.get_config())
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Training workdir or step dir.")
@@ -30,8 +32,13 @@ _DATA = flags.DEFINE_string("data", None, "Benchmark root (official layout).")
 _OUT = flags.DEFINE_string("out", None, "Output folder for predictions and scores.")
 _RESULTS = flags.DEFINE_string("results", None, "score-davis: results folder.")
 _SET = flags.DEFINE_string("set", "val", "score-davis: ImageSets/2017 set name.")
+_VIDEO = flags.DEFINE_string(
+    "video", None, "attention: a video, frame folder or image."
+)
+_SHORT_SIDE = flags.DEFINE_integer("short_side", 480, "attention: input short side.")
+_MAX_FRAMES = flags.DEFINE_integer("max_frames", 60, "attention: frames to read.")
 
-COMMANDS = (*tasks.RUNNERS, "score-davis")
+COMMANDS = (*tasks.RUNNERS, "score-davis", "attention")
 
 
 def _encoder():
@@ -61,6 +68,15 @@ def main(argv):
         scores, rows = davis.score(_DATA.value, _RESULTS.value, _SET.value)
         davis.write_csvs(_RESULTS.value, scores, rows, _SET.value)
         _print_table(f"DAVIS-2017 {_SET.value}: {_RESULTS.value}", scores)
+        return
+    if command == "attention":
+        if not (_VIDEO.value and _OUT.value):
+            raise app.UsageError("attention needs --video and --out")
+        model, name = _encoder()
+        info = attention.run(
+            model, _VIDEO.value, _OUT.value, _SHORT_SIDE.value, _MAX_FRAMES.value
+        )
+        print(f"[CLS] attention of {name}: {info}; pictures in {_OUT.value}")
         return
     if not (_DATA.value and _OUT.value):
         raise app.UsageError(f"{command} needs --data and --out")

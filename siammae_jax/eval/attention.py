@@ -1,0 +1,93 @@
+"""What the encoder attends to: the last layer's [CLS] attention per head.
+
+``attention_maps`` gives [T, heads, h, w] maps; ``render`` turns them into a
+PNG grid (rows: frames; columns: the frame, the head average, each head) and
+an mp4 of the head average over the whole video.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from etils import epath
+from PIL import Image
+
+from siammae_jax.data import pairs, video
+from siammae_jax.eval import pictures, tasks
+from siammae_jax.models import vit
+
+
+def read_frames(path: str, max_frames: int) -> np.ndarray:
+    """uint8 frames from a video file, a frame folder or one image."""
+    p = epath.Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{p} does not exist.")
+    if p.is_dir():
+        clip = video.FrameFolder(p)
+    elif p.suffix.lower() in video.VIDEO_EXTENSIONS:
+        clip = video.VideoFile(p)
+    else:
+        return np.asarray(Image.open(p).convert("RGB"))[None]
+    count = min(clip.num_frames, max_frames)
+    return clip.read(list(range(count)))
+
+
+def attention_maps(model: vit.ViT, frames: np.ndarray, batch: int = 4) -> np.ndarray:
+    """[T, heads, h, w] attention of [CLS] over the patches (last block)."""
+    grid = (frames.shape[1] // model.patch, frames.shape[2] // model.patch)
+    apply = jax.jit(lambda x: model(x, return_attention=True)[1][:, :, 0, 1:])
+    out = []
+    for start in range(0, len(frames), batch):
+        x = pairs.normalize(frames[start : start + batch])
+        out.append(np.asarray(apply(x)))
+    maps = np.concatenate(out)
+    return maps.reshape(*maps.shape[:2], *grid)
+
+
+def _heat(amap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A [h, w] map -> an RGB heat picture at ``size`` (min-max scaled)."""
+    lo, hi = amap.min(), amap.max()
+    x = (amap - lo) / max(hi - lo, 1e-12)
+    image = Image.fromarray((x * 255).astype(np.uint8)).resize(
+        size[::-1], Image.Resampling.BILINEAR
+    )
+    v = np.asarray(image, np.float32) / 255.0
+    # A blue -> yellow ramp, readable in print and for most colour blindness.
+    rgb = np.stack([v, v**0.8, 1.0 - v], axis=-1) * 255
+    return rgb.astype(np.uint8)
+
+
+def blend(frame: np.ndarray, heat: np.ndarray, alpha: float = 0.6) -> np.ndarray:
+    mix = frame.astype(np.float32) * (1 - alpha) + heat.astype(np.float32) * alpha
+    return mix.astype(np.uint8)
+
+
+def render(frames: np.ndarray, maps: np.ndarray, out: epath.Path, rows: int = 4):
+    """Writes ``attention.png`` (grid) and ``attention.mp4`` (head average)."""
+    out.mkdir(parents=True, exist_ok=True)
+    size = frames.shape[1:3]
+    grid_rows = []
+    for t in pictures.pick_frames(len(frames), rows):
+        cells = [frames[t], blend(frames[t], _heat(maps[t].mean(0), size))]
+        cells += [_heat(m, size) for m in maps[t]]
+        grid_rows.append(pictures.strip(cells))
+    gap = np.full((2, grid_rows[0].shape[1], 3), 255, np.uint8)
+    picture = np.concatenate([x for r in grid_rows for x in (r, gap)][:-1])
+    pictures.save(out / "attention.png", picture)
+    even = (size[0] // 2 * 2, size[1] // 2 * 2)
+    movie = [
+        blend(f, _heat(m.mean(0), size))[: even[0], : even[1]]
+        for f, m in zip(frames, maps, strict=True)
+    ]
+    if len(movie) > 1:
+        video.write_mp4(out / "attention.mp4", np.stack(movie))
+
+
+def run(model: vit.ViT, path: str, out: str, short_side: int, max_frames: int) -> dict:
+    """Attention pictures of a video (or image) at ``short_side`` resolution."""
+    frames = read_frames(path, max_frames)
+    size = tasks.input_size(*frames.shape[1:3], model.patch, short_side=short_side)
+    frames = tasks.resize_frames(frames, size)
+    maps = attention_maps(model, frames)
+    render(frames, maps, epath.Path(out))
+    return {"frames": len(frames), "heads": maps.shape[1], "grid": maps.shape[2:]}
