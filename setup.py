@@ -25,6 +25,7 @@ setup(
         "etils[epath]>=1.7",
         "msgpack>=1.0",
         "tqdm>=4.66",
+        "safetensors>=0.4",  # numpy API: encoder exports without torch
         "ml_collections>=1.0",
         "orbax-checkpoint>=0.12.8",
         "clu>=0.0.12",
@@ -34,5 +35,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8.0", "ruff>=0.17,<0.18"],
+        # PyTorch/timm interop tests (`make test-interop`); never needed by the core.
+        "torch": ["torch==2.14.1", "torchvision==0.29.1", "timm>=1.0"],
     },
 )

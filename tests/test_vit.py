@@ -84,6 +84,23 @@ def test_resample_pos_embed_keeps_cls_and_identity():
     np.testing.assert_array_equal(out[0, 0], np.ones(8))
 
 
+def test_resample_pos_embed_matches_torch_antialiased_bicubic():
+    # torch 2.14 F.interpolate(x, size, mode="bicubic", align_corners=False,
+    # antialias=True) of x = arange(16).reshape(4, 4) ** 1.5: what timm's
+    # resample_abs_pos_embed does for non-224 inputs (down- and upsampling).
+    x = np.arange(16, dtype=np.float32).reshape(4, 4) ** 1.5
+    pos = jnp.asarray(np.concatenate([[0.0], x.reshape(-1)])[None, :, None])
+    down = [[1.37891, 3.65998, 6.92690], [15.63830, 20.77883, 26.36599]]
+    down += [[38.68902, 45.52862, 52.71335]]
+    up = [-0.56338, -0.03253, 1.10046, 2.80762, 4.41787]
+    up_last = [42.58329, 46.27719, 50.93907, 55.76460, 59.76614]
+    got = vit.resample_pos_embed(pos, (4, 4), (3, 3))[0, 1:, 0].reshape(3, 3)
+    np.testing.assert_allclose(got, down, atol=1e-4)
+    got = vit.resample_pos_embed(pos, (4, 4), (6, 5))[0, 1:, 0].reshape(6, 5)
+    np.testing.assert_allclose(got[0], up, atol=1e-4)
+    np.testing.assert_allclose(got[-1], up_last, atol=1e-4)
+
+
 @pytest.fixture(scope="module")
 def encoder():
     return vit.ViT("test/8", image_size=32, rngs=nnx.Rngs(0))
