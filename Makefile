@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint format bench clean
+.PHONY: demo test test-slow test-interop lint format bench clean
 
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,12 +13,11 @@ $(STAMP): setup.py
 	touch $@
 
 DEMO_DIR ?= demo_out
-DEMO_STEPS ?= 300
 
-# Pre-trains the tiny config on the embedded synthetic videos (made on first use).
+# Pre-trains the tiny config on the embedded synthetic videos, then measures what
+# it learned on held-out videos (QUICK=1: the ~3-minute version).
 demo: $(STAMP)
-	$(BIN)/python -m siammae_jax.main --config configs/siammae.py:tiny \
-		--workdir $(DEMO_DIR) --config.train.steps=$(DEMO_STEPS)
+	$(BIN)/python -m siammae_jax.demo --workdir $(DEMO_DIR) $(if $(QUICK),--quick)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -29,6 +28,11 @@ test: lint
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
+
+# PyTorch/timm round trips; installs the torch extra (torch 2.14.1 + torchvision 0.29.1).
+test-interop: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[test,torch]'
+	$(BIN)/python -m pytest -q -m interop
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .

@@ -33,9 +33,11 @@ entries (``head.*``, ``decoder*``, ``mask_token``) are dropped.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import re
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -43,6 +45,7 @@ import numpy as np
 from etils import epath
 from flax import nnx
 
+from siammae_jax.eval import encoder
 from siammae_jax.models import vit
 
 State = dict[str, np.ndarray]
@@ -228,10 +231,21 @@ def check_state_dict(state: Mapping[str, Any], model: vit.ViT, source: str) -> N
         if not ok:
             wrong.append(f"{k}: {got} != {tuple(want[k])}")
     if missing or extra or wrong:
+        try:
+            looks = f" (its shapes look like {infer_variant(state)!r})"
+        except ValueError:
+            looks = ""
         raise ValueError(
-            f"{source}: not a timm ViT state dict of encoder {model.variant!r}: "
-            f"missing keys {missing}, unexpected keys {extra}, wrong shapes {wrong}"
+            f"{source}: not a timm ViT state dict of encoder {model.variant!r}"
+            f"{looks}: missing keys {_listed(missing)}, unexpected keys "
+            f"{_listed(extra)}, wrong shapes {_listed(wrong)}"
         )
+
+
+def _listed(items: list[str], n: int = 12) -> str:
+    """``items`` as a list, the first ``n`` of them and a count of the rest."""
+    more = f" and {len(items) - n} more" if len(items) > n else ""
+    return f"{items[:n]}{more}"
 
 
 def _square_grid(tokens: int, source: str) -> tuple[int, int]:
@@ -280,8 +294,6 @@ def from_timm_state_dict(
         image_size = tuple(g * patch for g in _square_grid(tokens, source))
     model = vit.ViT(variant, image_size=image_size, rngs=nnx.Rngs(0))
     check_state_dict(state, model, source)
-    from siammae_jax.eval import encoder  # the eval package imports this one
-
     p = patch
     params = {
         "cls_token": state["cls_token"],
@@ -406,14 +418,14 @@ def _load_torch(path: epath.Path):
             "torch.load(weights_only=True), which reads tensors without running "
             "pickled code; or convert it to .safetensors."
         ) from None
-    import io
-
     try:
-        obj = torch.load(
-            io.BytesIO(path.read_bytes()), map_location="cpu", weights_only=True
-        )
+        with warnings.catch_warnings():  # pickle-protocol notes; the error says it
+            warnings.simplefilter("ignore")
+            obj = torch.load(
+                io.BytesIO(path.read_bytes()), map_location="cpu", weights_only=True
+            )
     except Exception as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = _torch_reason(e)
         raise ValueError(
             f"{path}: refused: torch.load(weights_only=True) cannot read it "
             f"({reason}). Either it is corrupt, or it holds pickled Python objects "
@@ -423,6 +435,15 @@ def _load_torch(path: epath.Path):
             "trust the file."
         ) from None
     return _torch_to_numpy(obj, torch)
+
+
+def _torch_reason(error: Exception) -> str:
+    """The specific part of a ``torch.load`` error (not its generic preamble)."""
+    text = str(error)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0][:300] if lines else type(error).__name__
 
 
 def _torch_to_numpy(obj, torch):

@@ -1,8 +1,8 @@
 """Label-propagation evaluation CLI.
 
     python -m siammae_jax.eval davis|jhmdb|vip \
-        (--checkpoint WORKDIR_OR_STEP_DIR | --random SIZE) --data ROOT --out DIR \
-        [--config.davis.topk=7 ...]
+        (--checkpoint WORKDIR_OR_STEP_DIR | --random SIZE | --weights FILE) \
+        --data ROOT --out DIR [--weights_variant S/16] [--config.davis.topk=7 ...]
     python -m siammae_jax.eval score-davis --data DAVIS_ROOT --results DIR [--set val]
     python -m siammae_jax.eval attention (--checkpoint DIR | --random SIZE) \
         --video VIDEO_OR_FRAMES --out DIR [--short_side 480]
@@ -27,6 +27,12 @@ from siammae_jax.eval import config as eval_config
 _CONFIG = config_flags.DEFINE_config_dict("config", eval_config.get_config())
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Training workdir or step dir.")
 _RANDOM = flags.DEFINE_string("random", None, "Random-init encoder, e.g. vits16.")
+_WEIGHTS = flags.DEFINE_string(
+    "weights", None, "timm-layout ViT weights (.safetensors, or .pt/.pth/.bin)."
+)
+_WEIGHTS_VARIANT = flags.DEFINE_string(
+    "weights_variant", None, "--weights size, e.g. S/16 (default: from the shapes)."
+)
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", 224, "Grid of a --random encoder.")
 _DATA = flags.DEFINE_string("data", None, "Benchmark root (official layout).")
 _OUT = flags.DEFINE_string("out", None, "Output folder for predictions and scores.")
@@ -42,12 +48,19 @@ COMMANDS = (*tasks.RUNNERS, "score-davis", "attention")
 
 
 def _encoder():
-    if bool(_CHECKPOINT.value) == bool(_RANDOM.value):
-        raise app.UsageError("give exactly one of --checkpoint and --random")
+    given = [_CHECKPOINT.value, _RANDOM.value, _WEIGHTS.value]
+    if sum(bool(v) for v in given) != 1:
+        raise app.UsageError("give exactly one of --checkpoint, --random and --weights")
     if _CHECKPOINT.value:
         model, cfg = encoder.load_checkpoint_encoder(_CHECKPOINT.value)
         logging.info("encoder %s from %s", cfg["encoder"], _CHECKPOINT.value)
         return model, f"checkpoint {_CHECKPOINT.value} ({cfg['encoder']})"
+    if _WEIGHTS.value:
+        from siammae_jax import interop
+
+        model = interop.load_timm_encoder(_WEIGHTS.value, _WEIGHTS_VARIANT.value)
+        logging.info("encoder %s from %s", model.variant, _WEIGHTS.value)
+        return model, f"weights {_WEIGHTS.value} ({model.variant})"
     model = encoder.random_encoder(_RANDOM.value, _IMAGE_SIZE.value)
     return model, f"random-init {model.variant}"
 

@@ -1,0 +1,305 @@
+"""Encoder exports and timm-layout interop without torch (numpy only).
+
+A training checkpoint is written in-process with the library's Checkpointer;
+its encoder is exported by the CLI and loaded back in a fresh process. The
+timm layout is checked against the convolution / fused-qkv arithmetic it
+stands for; the PyTorch side itself is in test_interop_timm.py.
+"""
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import siammae as siammae_config
+from siammae_jax import export, interop
+from siammae_jax.eval import encoder
+from siammae_jax.models import vit
+from siammae_jax.train import checkpoint, optim
+from siammae_jax.train import config as config_lib
+from siammae_jax.train import mesh as mesh_lib
+from siammae_jax.train import state as state_lib
+
+ROOT = Path(__file__).resolve().parents[1]
+TEST_MODEL = {
+    "encoder": "test/8",
+    "image_size": 32,
+    "decoder_dim": 32,
+    "decoder_depth": 2,
+    "decoder_heads": 2,
+}
+
+
+def _env():
+    return {**os.environ, "JAX_PLATFORMS": "cpu"}
+
+
+def _images(size=32, n=2, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, size, size, 3)).astype(np.float32)
+
+
+def _perturbed(variant="test/8", image_size=32, seed=0) -> vit.ViT:
+    """A random encoder with no zero biases or unit norms left."""
+    model = vit.ViT(variant, image_size=image_size, rngs=nnx.Rngs(seed))
+    leaves, treedef = jax.tree.flatten(nnx.state(model, nnx.Param))
+    keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
+    leaves = [
+        x + 0.1 * jax.random.normal(k, x.shape)
+        for x, k in zip(leaves, keys, strict=True)
+    ]
+    nnx.update(model, jax.tree.unflatten(treedef, leaves))
+    return model
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(workdir, encoder params) of a checkpoint written by the training code."""
+    workdir = tmp_path_factory.mktemp("run")
+    config = siammae_config.get_config("tiny")
+    config.model.update(TEST_MODEL)
+    model_def = state_lib.ModelDef(config_lib.model_kwargs(config), [])
+    mesh = mesh_lib.make_mesh(config.mesh.to_dict(), jax.devices()[:1])
+    tx = optim.make_optimizer(1e-3)
+    state = state_lib.create_state(model_def, tx, mesh, seed=3)
+    noisy = jax.tree.map(
+        lambda x: x + 0.05 * jnp.sin(jnp.arange(x.size)).reshape(x.shape), state.params
+    )
+    state = state.replace(params=noisy)
+    ckpt = checkpoint.Checkpointer(workdir / "checkpoints", every=1, async_save=False)
+    data = iter(grain.MapDataset.range(4).to_iter_dataset())
+    ckpt.save(5, state, data, config, force=True)
+    ckpt.close()
+    return workdir, jax.device_get(state.params["encoder"])
+
+
+def _reference_features(params, images):
+    model = encoder.set_params(encoder.build_encoder("test/8", 32), params, "state")
+    return np.asarray(model.features(jnp.asarray(images)))
+
+
+def test_exports_load_in_a_fresh_process(trained, tmp_path):
+    workdir, params = trained
+    proc = subprocess.run(
+        [sys.executable, "-m", "siammae_jax.export", f"--checkpoint={workdir}"]
+        + [f"--out={tmp_path / 'orbax'}"],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "tensors: 100%" in proc.stderr  # the progress bar
+    export.export_checkpoint(workdir, tmp_path / "st", "safetensors", progress=False)
+    export.export_checkpoint(workdir, tmp_path / "timm", "timm", progress=False)
+    config = json.loads((tmp_path / "timm" / "config.json").read_text())
+    assert config["model_args"]["embed_dim"] == 32 and config["architecture"] is None
+    images = _images()
+    np.save(tmp_path / "images.npy", images)
+    script = (
+        "import sys, numpy as np, jax.numpy as jnp, siammae_jax\n"
+        "d = sys.argv[1]; x = jnp.asarray(np.load(d + '/images.npy'))\n"
+        "paths = [d + '/orbax', d + '/st/encoder.safetensors', d + '/timm']\n"
+        "feats = [np.asarray(siammae_jax.load_encoder(p).features(x)) for p in paths]\n"
+        "np.save(d + '/features.npy', np.stack(feats))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    want = _reference_features(params, images)
+    for got in np.load(tmp_path / "features.npy"):
+        np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_save_encoder_from_params_and_model(trained, tmp_path):
+    _, params = trained
+    cfg = dict(TEST_MODEL)
+    export.save_encoder(tmp_path / "a", params, cfg)
+    images = jnp.asarray(_images())
+    want = _reference_features(params, images)
+    np.testing.assert_allclose(
+        export.load_encoder(tmp_path / "a").features(images), want, atol=1e-6
+    )
+    # A model with a learned (imported) position embedding keeps it.
+    model = _perturbed()
+    model.pos_embed.set_value(model.pos_embed[...] + 0.3)
+    export.save_encoder(tmp_path / "b", model, cfg)
+    again = export.load_encoder(tmp_path / "b")
+    np.testing.assert_array_equal(again.pos_embed[...], model.pos_embed[...])
+    with pytest.raises(FileNotFoundError, match="no encoder export"):
+        export.load_encoder(tmp_path)
+
+
+def test_timm_layout_is_the_conv_and_fused_qkv():
+    model = _perturbed()
+    state = interop.to_timm_state_dict(model)
+    assert state["patch_embed.proj.weight"].shape == (32, 3, 8, 8)
+    assert state["blocks.1.attn.qkv.weight"].shape == (96, 32)
+    assert state["pos_embed"].shape == (1, 17, 32)
+    assert not any(k.startswith("head") for k in state)
+    x = _images()
+    # Patch (row 1, col 2) through the [D, 3, p, p] convolution weight.
+    w, b = state["patch_embed.proj.weight"], state["patch_embed.proj.bias"]
+    conv = np.einsum("dcij,ijc->d", w, x[0, 8:16, 16:24]) + b
+    ours = model.patch_embed(vit.patchify(jnp.asarray(x), 8))[0, 1 * 4 + 2]
+    np.testing.assert_allclose(conv, ours, atol=1e-5)
+    # Fused qkv rows: q, k, v, each (heads, head_dim) flattened.
+    t = x[0, 0, :4].reshape(1, 12)[:, :1].repeat(32, 1)
+    qkv = t @ state["blocks.0.attn.qkv.weight"].T + state["blocks.0.attn.qkv.bias"]
+    attn = model.blocks[0].attn
+    for j, layer in enumerate((attn.query, attn.key, attn.value)):
+        got = np.asarray(layer(jnp.asarray(t))).reshape(1, 32)
+        np.testing.assert_allclose(qkv[:, j * 32 : (j + 1) * 32], got, atol=1e-5)
+
+
+def test_timm_round_trip_and_safetensors(tmp_path):
+    model = _perturbed()
+    state = interop.to_timm_state_dict(model)
+    back = interop.from_timm_state_dict(state)  # variant and size from shapes
+    assert (back.variant, back.grid) == ("test/8", (4, 4))
+    x = jnp.asarray(_images(size=48))  # other input size: resampled the same
+    np.testing.assert_array_equal(back.features(x), model.features(x))
+    interop.save_safetensors(tmp_path / "w.safetensors", state)
+    loaded = interop.load_weights(tmp_path / "w.safetensors")
+    assert set(loaded) == set(state)
+    np.testing.assert_array_equal(
+        interop.load_timm_encoder(tmp_path / "w.safetensors").features(x),
+        model.features(x),
+    )
+
+
+def test_imported_pos_embed_replaces_ours_and_is_resampled():
+    state = interop.to_timm_state_dict(_perturbed())
+    rng = np.random.default_rng(0)
+    state["pos_embed"] = rng.normal(size=(1, 17, 32)).astype(np.float32)
+    model = interop.from_timm_state_dict(state)
+    np.testing.assert_array_equal(model.pos_embed[...], state["pos_embed"])
+    wide = interop.from_timm_state_dict(state, "test/8", image_size=(32, 48))
+    assert wide.pos_embed[...].shape == (1, 1 + 4 * 6, 32)
+    np.testing.assert_array_equal(wide.pos_embed[0, 0], state["pos_embed"][0, 0])
+    want = vit.resample_pos_embed(jnp.asarray(state["pos_embed"]), (4, 4), (4, 6))
+    np.testing.assert_allclose(wide.pos_embed[...], want, atol=1e-6)
+
+
+def test_wrappers_and_prefixes_of_released_checkpoints():
+    state = interop.to_timm_state_dict(_perturbed())
+    dino = {"teacher": {f"backbone.{k}": v for k, v in state.items()}}
+    dino["teacher"]["head.mlp.0.weight"] = np.zeros((4, 32), np.float32)
+    mae = {"model": {f"module.{k}": v for k, v in state.items()}}
+    mae["model"]["mask_token"] = np.zeros((1, 1, 32), np.float32)
+    for wrapped in (dino, mae, {"state_dict": state}):
+        assert set(interop.clean_state_dict(wrapped)) == set(state)
+    with pytest.raises(ValueError, match="no state dict of tensors.*'epoch'"):
+        interop.clean_state_dict({"epoch": 3, "weights": [1, 2]})
+
+
+def test_infer_variant_from_shapes():
+    def shapes(width, depth, patch):
+        zeros = np.zeros((), np.float32)
+        state = {
+            "patch_embed.proj.weight": np.broadcast_to(zeros, (width, 3, patch, patch))
+        }
+        for i in range(depth):
+            state[f"blocks.{i}.mlp.fc1.weight"] = np.broadcast_to(
+                zeros, (4 * width, width)
+            )
+        return state
+
+    assert interop.infer_variant(shapes(384, 12, 16)) == "S/16"
+    assert interop.infer_variant(shapes(768, 12, 16)) == "B/16"
+    assert interop.infer_variant(shapes(384, 12, 8)) == "S/8"
+    with pytest.raises(ValueError, match="no named ViT size.*--weights_variant"):
+        interop.infer_variant(shapes(256, 6, 16))
+
+
+def test_mismatched_architecture_lists_the_keys():
+    state = interop.to_timm_state_dict(_perturbed())
+    mismatch = r"look like 'test/8'.*wrong shapes \['blocks.0.attn.proj.bias: \(32,\) != \(192,\)'"
+    with pytest.raises(ValueError, match=mismatch):
+        interop.from_timm_state_dict(state, "demo/8")
+    broken = dict(state)
+    del broken["blocks.1.norm1.weight"]
+    broken["blocks.0.ls1.gamma"] = np.ones(32, np.float32)
+    broken["patch_embed.proj.bias"] = np.ones(31, np.float32)
+    with pytest.raises(ValueError) as err:
+        interop.from_timm_state_dict(broken, "test/8", source="mine.safetensors")
+    message = str(err.value)
+    assert "mine.safetensors" in message
+    assert "missing keys ['blocks.1.norm1.weight']" in message
+    assert "unexpected keys ['blocks.0.ls1.gamma']" in message
+    assert "patch_embed.proj.bias: (31,) != (32,)" in message
+
+
+class _Payload:
+    """Unpickling this writes a marker file: proves nothing was unpickled."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path(self.marker).touch, ())
+
+
+def test_corrupt_and_pickle_files_are_refused(tmp_path, monkeypatch):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all")
+    with pytest.raises(ValueError, match="bad.safetensors: not a valid safetensors"):
+        interop.load_weights(bad)
+    with pytest.raises(ValueError, match="unknown weights format '.npz'"):
+        (tmp_path / "w.npz").write_bytes(b"")
+        interop.load_weights(tmp_path / "w.npz")
+    marker = tmp_path / "unpickled"
+    evil = tmp_path / "evil.pt"
+    state = {"cls_token": _Payload(str(marker))}
+    evil.write_bytes(pickle.dumps(state))
+    try:
+        import torch  # noqa: F401
+
+        with pytest.raises(ValueError, match="refused.*arbitrary code"):
+            interop.load_weights(evil)
+    except ImportError:
+        pass
+    monkeypatch.setitem(sys.modules, "torch", None)  # as without the extra
+    with pytest.raises(ImportError, match="needs torch.*weights_only=True"):
+        interop.load_weights(evil)
+    assert not marker.exists()
+
+
+def test_davis_eval_from_timm_weights(tmp_path):
+    from siammae_jax.data import synthetic
+
+    synthetic.write_dataset(tmp_path, videos=2, frames=6, size=(32, 32), progress=False)
+    weights = tmp_path / "vit_test8.safetensors"
+    interop.save_safetensors(weights, interop.to_timm_state_dict(_perturbed()))
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "siammae_jax.eval", "davis", f"--weights={weights}"]
+        + [f"--data={tmp_path / 'DAVIS'}", f"--out={out}"]
+        + ["--config.davis.short_side=32"],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["encoder"] == f"weights {weights} (test/8)"
+    assert 0.0 <= summary["scores"]["J&F-Mean"] <= 1.0
+    assert (out / "global_results-val.csv").exists()
