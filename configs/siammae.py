@@ -70,6 +70,10 @@ def get_config(arg: str = "vits16") -> ml_collections.ConfigDict:
     c.train.image_every = 1000
     c.train.max_bad_steps = 10  # non-finite steps in a row before stopping
     c.train.profile_steps = 0
+    # Learning measures (past-frame use, decoder correspondence) on held-out
+    # synthetic videos every N steps (0: off); see siammae_jax/eval/learning.py.
+    c.train.measure_every = 0
+    c.train.measure_videos = 40
 
     c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
     # Logical axis (model) -> mesh axis. Unlisted names are replicated.
@@ -111,4 +115,5 @@ def _tiny(c: ml_collections.ConfigDict) -> None:
     c.optim.warmup_epochs = 5
     c.train.log_every = 10
     c.train.image_every = 100
+    c.train.measure_every = 100
     c.checkpoint.every = 50

@@ -6,11 +6,11 @@ Parses flags, starts multi-host JAX when asked, and calls
 
 from __future__ import annotations
 
-import logging as logging_lib
-
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from siammae_jax.train.logs import quiet_library_logs
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
@@ -32,18 +32,10 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process' index.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-class _QuietLibraries(logging_lib.Filter):
-    """Drops INFO chatter of orbax (one line per file written); keeps warnings."""
-
-    def filter(self, record: logging_lib.LogRecord) -> bool:
-        noisy = "/orbax/" in record.pathname or "/grain/" in record.pathname
-        return record.levelno >= logging_lib.WARNING or not noisy
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.get_absl_handler().addFilter(_QuietLibraries())
+    quiet_library_logs()
     if _COORDINATOR.value:
         jax.distributed.initialize(
             _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value

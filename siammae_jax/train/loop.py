@@ -8,6 +8,7 @@ initialise -> loop (metrics, pictures, checkpoints, SIGTERM, divergence).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import signal
 import time
 from typing import Any
@@ -20,6 +21,7 @@ from absl import logging
 from etils import epath
 
 from siammae_jax.data import pipeline, sources, synthetic
+from siammae_jax.eval import learning
 from siammae_jax.models import flops
 from siammae_jax.train import checkpoint, metrics, optim
 from siammae_jax.train import config as config_lib
@@ -45,6 +47,7 @@ class Run:
     abstract_state: state_lib.TrainState
     tx: Any
     predict: Any  # jitted (params, buffers, uint8 frames, step) -> (frames, Output)
+    measures: Any  # (params, step) -> dict of learning measures, or None
     data: grain.DatasetIterator
     ckpt: checkpoint.Checkpointer
     flops_per_pair: float
@@ -136,6 +139,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
         abstract_state=abstract,
         tx=tx,
         predict=_make_predict(model_def, config.seed),
+        measures=_make_measures(config, model_def),
         data=data_iterator(config, source),
         ckpt=ckpt,
         flops_per_pair=flops.pair_flops(**kwargs)["train"],
@@ -234,6 +238,35 @@ def _make_predict(model_def: state_lib.ModelDef, seed: int):
     return predict
 
 
+def _make_measures(config, model_def: state_lib.ModelDef):
+    """Learning measures on held-out synthetic videos (``train.measure_every``)."""
+    if not config.train.measure_every:
+        return None
+    held = learning.heldout_pairs(
+        config.seed + 1000, config.train.measure_videos, config.model.image_size
+    )
+
+    @functools.partial(jax.jit, static_argnums=4)
+    def apply(params, f1, f2, key, attention):
+        return model_def.apply(
+            params, model_def.buffers, f1, f2, key, return_attention=attention
+        )
+
+    def measure(params, step: int) -> dict[str, float]:
+        key = jax.random.fold_in(jax.random.key(config.seed + 2), step)
+        fn = functools.partial(apply, params)
+        true, other = learning.past_frame_use(fn, held, key)
+        corr, chance = learning.decoder_correspondence(fn, held, key, model_def.patch)
+        return {
+            "past_frame_loss_true": true,
+            "past_frame_loss_other": other,
+            "correspondence": corr,
+            "correspondence_chance": chance,
+        }
+
+    return measure
+
+
 def train_loop(run: Run, state, logger: metrics.MetricsLogger):
     """Steps from the state's step to the end (or SIGTERM); returns the state."""
     c, total = run.config, run.schedule.total_steps
@@ -257,6 +290,8 @@ def train_loop(run: Run, state, logger: metrics.MetricsLogger):
             if done % c.train.log_every == 0 or done == total:
                 scalars = {**m, "data_skipped": skipped, "bad_steps": bad_total}
                 logger.write_scalars(done, {**scalars, **window.rates(run, done)})
+            if run.measures and (done % c.train.measure_every == 0 or done == total):
+                logger.write_scalars(done, run.measures(state.params, done))
             if c.train.image_every and done % c.train.image_every == 0:
                 logger.write_images(done, _pictures(run, state, batch, done))
             stop = _stop_requested(flag)

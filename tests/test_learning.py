@@ -1,0 +1,73 @@
+"""Learning measures: checked with fake models whose answers are known."""
+
+import types
+
+import jax
+import numpy as np
+import pytest
+
+from siammae_jax.data import synthetic
+from siammae_jax.eval import learning
+
+PATCH, SIZE = 8, 32  # 4x4 patch grid
+
+
+@pytest.fixture(scope="module")
+def held():
+    return learning.heldout_pairs(seed=3, videos=4, size=SIZE, frames=12, gap=4)
+
+
+def test_heldout_pairs_are_frames_of_the_videos(held):
+    assert held.frames.shape == (4, 2, SIZE, SIZE, 3)
+    video = synthetic.make_video(3, 2, 12, (SIZE, SIZE))
+    np.testing.assert_array_equal(held.frames[2, 0], video.frames[held.t1])
+    np.testing.assert_array_equal(held.frames[2, 1], video.frames[held.t2])
+    assert held.t2 - held.t1 == 4
+
+
+def _copy_model(f1, f2, key, attention):
+    """A 'model' whose loss is how far f1 is from f2: copying from f1 helps."""
+    loss = np.mean((np.asarray(f1) - np.asarray(f2)) ** 2)
+    return types.SimpleNamespace(loss=loss)
+
+
+def test_past_frame_use_sees_the_gap(held):
+    true, other = learning.past_frame_use(_copy_model, held, jax.random.key(0))
+    assert true < other
+
+
+def _attention_model(guess_fn):
+    n = (SIZE // PATCH) ** 2
+
+    def apply(f1, f2, key, attention):
+        b = f1.shape[0]
+        attn = np.full((b, 2, n, 1 + n), 1e-3, np.float32)
+        for i in range(b):
+            for q in range(n):
+                attn[i, :, q, 1 + guess_fn(i, q)] = 1.0
+        mask = np.ones((b, n), np.float32)  # every patch masked
+        return types.SimpleNamespace(attention=attn, mask=mask)
+
+    return apply
+
+
+def test_correspondence_perfect_and_wrong(held):
+    truth, visible = learning._true_patches(held, PATCH, (4, 4))
+    inside = np.all((truth >= 0) & (truth < 4), -1)
+    flat = np.where(inside, truth[..., 0] * 4 + truth[..., 1], 0)
+    perfect = _attention_model(lambda i, q: int(flat[i, q]))
+    corr, chance = learning.decoder_correspondence(perfect, held, None, PATCH)
+    assert corr == pytest.approx(1.0)
+    # Chance, independently: mean share of the 4x4 grid within one cell of the truth.
+    valid = visible & inside
+    share = [
+        sum(max(abs(r - t[0]), abs(c - t[1])) <= 1 for r in range(4) for c in range(4))
+        / 16
+        for t in truth[valid]
+    ]
+    assert chance == pytest.approx(np.mean(share))
+    far = _attention_model(
+        lambda i, q: int(15 - flat[i, q]) if flat[i, q] in (0, 15) else 0
+    )
+    corr_far, _ = learning.decoder_correspondence(far, held, None, PATCH)
+    assert corr_far < 0.5
