@@ -32,12 +32,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import av
 import numpy as np
 from absl import flags
 from PIL import Image
 
 from siammae_jax.data import pairs, pipeline, prepare, sources, synthetic
+from siammae_jax.data import video as video_lib
 
 FPS = synthetic.FPS
 CRF = 15  # as synthetic.write_dataset; only the GOP differs between the mp4s
@@ -47,20 +47,7 @@ TARGETS = {"array_record": 100.0, "mp4": 25.0}  # pairs/s/core, from issue 4
 
 def write_mp4(path: Path, frames: np.ndarray, gop: int) -> None:
     """H.264 (libx264), yuv420p, ``FPS`` fps, crf ``CRF``, a keyframe every ``gop``."""
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("libx264", rate=FPS)
-        stream.height, stream.width = frames.shape[1:3]
-        stream.pix_fmt = "yuv420p"
-        stream.codec_context.gop_size = gop
-        stream.options = {
-            "crf": str(CRF),
-            "x264-params": f"keyint={gop}:min-keyint={gop}",
-        }
-        for frame in frames:
-            container.mux(
-                stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24"))
-            )
-        container.mux(stream.encode())
+    video_lib.write_mp4(path, frames, fps=FPS, gop=gop, crf=CRF)
 
 
 def make_data(workdir: Path, videos: int, frames: int, size, gops) -> dict:
