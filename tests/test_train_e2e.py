@@ -35,6 +35,8 @@ FLAGS = [
     "--config.train.log_every=1",
     "--config.train.image_every=4",
     "--config.checkpoint.every=4",
+    "--config.train.measure_every=8",
+    "--config.train.measure_videos=4",
     f"--config.train.steps={STEPS}",
 ]
 ROOT = Path(__file__).resolve().parents[1]
@@ -158,6 +160,8 @@ def test_straight_run_logs_and_checkpoints(straight):
     row = json.loads((straight / "metrics.jsonl").read_text().splitlines()[-1])
     for key in ("step", "loss", "lr", "grad_norm", "pairs_per_sec", "data_skipped"):
         assert key in row
+    for key in ("past_frame_loss_true", "past_frame_loss_other", "correspondence"):
+        assert key in row  # learning measures on held-out videos
     kept = sorted(int(p.name) for p in (straight / "checkpoints").iterdir())
     assert kept == [8, 12, 16]  # keep=3 latest
 
@@ -325,3 +329,33 @@ def test_evaluate_a_training_checkpoint(tmp_path, data_dir, straight):
     assert "J&F-Mean" in proc.stdout
     header = (out / "global_results-val.csv").read_text().splitlines()[0]
     assert header == "J&F-Mean,J-Mean,J-Recall,J-Decay,F-Mean,F-Recall,F-Decay"
+
+
+def test_export_a_training_checkpoint_and_load_it_elsewhere(tmp_path, straight):
+    out = tmp_path / "encoder"
+    export = [sys.executable, "-m", "siammae_jax.export"]
+    args = [f"--checkpoint={straight}", f"--out={out}"]
+    proc = subprocess.run(
+        export + args, cwd=ROOT, env=_env(1), capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    frames = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), np.uint8)
+    np.save(tmp_path / "frames.npy", frames)
+    script = (
+        "import sys, numpy as np, siammae_jax\n"
+        "from siammae_jax.eval.encoder import FeatureExtractor\n"
+        f"model = siammae_jax.load_encoder({str(out)!r})\n"
+        f"frames = np.load({str(tmp_path / 'frames.npy')!r})\n"
+        f"np.save({str(tmp_path / 'feats.npy')!r}, FeatureExtractor(model)(frames))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=_env(1), capture_output=True,
+        text=True,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from siammae_jax.eval import encoder
+
+    model = encoder.build_encoder("test/8", 32)
+    encoder.set_params(model, _params(straight, STEPS)["encoder"], "training state")
+    want = encoder.FeatureExtractor(model)(frames)
+    np.testing.assert_allclose(np.load(tmp_path / "feats.npy"), want, atol=1e-5)

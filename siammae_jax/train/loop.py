@@ -287,11 +287,14 @@ def train_loop(run: Run, state, logger: metrics.MetricsLogger):
             bad_total += int(bad > 0)
             if bad >= c.train.max_bad_steps:
                 _diverged(run, done, bad)
+            scalars = {}
             if done % c.train.log_every == 0 or done == total:
                 scalars = {**m, "data_skipped": skipped, "bad_steps": bad_total}
-                logger.write_scalars(done, {**scalars, **window.rates(run, done)})
+                scalars.update(window.rates(run, done))
             if run.measures and (done % c.train.measure_every == 0 or done == total):
-                logger.write_scalars(done, run.measures(state.params, done))
+                scalars.update(run.measures(state.params, done))
+            if scalars:
+                logger.write_scalars(done, scalars)
             if c.train.image_every and done % c.train.image_every == 0:
                 logger.write_images(done, _pictures(run, state, batch, done))
             stop = _stop_requested(flag)
