@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Deletes a TPU VM or pod slice (and its queued resource with --queued).
+#
+#   tpu/delete.sh --name NAME --zone ZONE [--queued] [--project P] [--dry-run]
+set -euo pipefail
+# shellcheck source=common.sh
+source "$(dirname "$0")/common.sh"
+
+QUEUED=0
+split_args "$@"
+set -- "${ARGS[@]}"
+while (($#)); do
+  case "$1" in
+    --queued) QUEUED=1 && shift ;;
+    -h | --help) sed -n '2,5p' "$0" && exit 0 ;;
+    *)
+      common_option "$@"
+      ((SHIFT)) || die "unknown option $1"
+      shift "$SHIFT"
+      ;;
+  esac
+done
+require_tpu
+gcloud_flags
+if ((QUEUED)); then
+  # --force deletes the TPU VM the queued resource holds, too.
+  run gcloud compute tpus queued-resources delete "$NAME" "${GCLOUD_FLAGS[@]}" \
+    --force --quiet
+else
+  run gcloud compute tpus tpu-vm delete "$NAME" "${GCLOUD_FLAGS[@]}" --quiet
+fi
