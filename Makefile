@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow test-interop lint format bench clean
+.PHONY: demo test test-slow test-notebook test-interop lint format bench clean
 
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ test: lint
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
+
+# Executes notebooks/siammae_colab.ipynb end to end with its smallest (CI) settings.
+test-notebook: $(STAMP)
+	$(BIN)/python -m pytest -q -m notebook
 
 # PyTorch/timm round trips; installs the torch extra (torch 2.14.1 + torchvision 0.29.1).
 test-interop: $(STAMP)

@@ -34,7 +34,13 @@ setup(
         "tensorboard>=2.18",  # clu's summary writer; not pulled in by tensorflow-cpu
     ],
     extras_require={
-        "test": ["pytest>=8.0", "ruff>=0.17,<0.18"],
+        "test": [
+            "pytest>=8.0",
+            "ruff>=0.17,<0.18",
+            "nbclient>=0.10",
+            "nbformat>=5.10",
+            "ipykernel>=6.29",
+        ],
         # PyTorch/timm interop tests (`make test-interop`); never needed by the core.
         "torch": ["torch==2.14.1", "torchvision==0.29.1", "timm>=1.0"],
     },
