@@ -24,7 +24,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -rs --durations=15
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
