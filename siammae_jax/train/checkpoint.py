@@ -10,6 +10,7 @@ saved on 8 devices continues on 1 or 4.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import grain
@@ -66,6 +67,9 @@ class Checkpointer:
             create=True,
             cleanup_tmp_directories=True,
         )
+        directory = str(directory)
+        if "://" not in directory:  # orbax needs absolute local paths
+            directory = os.path.abspath(directory)
         self.directory = epath.Path(directory)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 
