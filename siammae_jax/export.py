@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -172,14 +172,6 @@ def _load_orbax(path: epath.Path) -> vit.ViT:
     return _build(config["model"], params, str(path / "params"))
 
 
-def _flat(tree: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:
-    if isinstance(tree, Mapping):
-        for k, v in tree.items():
-            yield from _flat(v, f"{prefix}{k}.")
-    else:
-        yield prefix[:-1], tree
-
-
 def _nest(flat: Mapping[str, Any]) -> dict:
     out: dict = {}
     for key, value in flat.items():
@@ -201,7 +193,7 @@ def save_native_safetensors(
     """One ``.safetensors`` file: our parameter names, the config in its metadata."""
     tree = _host(_variables(model_or_params, model_config), progress, "tensors")
     meta = {"siammae_jax": json.dumps(_config(model_config))}
-    interop.save_safetensors(path, dict(_flat(tree)), meta)
+    interop.save_safetensors(path, dict(encoder_lib.flatten(tree, sep=".")), meta)
     return epath.Path(path)
 
 

@@ -68,8 +68,8 @@ def set_params(model: vit.ViT, params: dict, source: str) -> vit.ViT:
         ``source`` (the file the parameters came from).
     """
     want = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    flat_want = dict(_flatten(want))
-    flat_got = dict(_flatten(params))
+    flat_want = dict(flatten(want))
+    flat_got = dict(flatten(params))
     missing = sorted(set(flat_want) - set(flat_got))
     extra = sorted(set(flat_got) - set(flat_want))
     shapes = sorted(
@@ -99,12 +99,13 @@ def _like(tree, template):
     return jnp.asarray(tree)
 
 
-def _flatten(tree, prefix=""):
+def flatten(tree, sep: str = "/", prefix: str = ""):
+    """Yields ``(path, leaf)`` of a nested dict, keys joined with ``sep``."""
     if isinstance(tree, dict):
         for k, v in tree.items():
-            yield from _flatten(v, f"{prefix}{k}/")
+            yield from flatten(v, sep, f"{prefix}{k}{sep}")
     else:
-        yield prefix.rstrip("/"), tree
+        yield prefix[: -len(sep)], tree
 
 
 def load_checkpoint_encoder(path: str | epath.Path) -> tuple[vit.ViT, dict]:
