@@ -12,7 +12,8 @@ workdir (``<out>/<tag>/seed<k>``; a finished run is not trained again) with
 ``train.measure_every`` set, so the loop logs the measures of
 ``siammae_jax.eval.learning`` on held-out synthetic videos to ``metrics.jsonl``:
 (a) past-frame use (masked-patch loss with the true f1 vs f1 of another video)
-and (b) decoder correspondence (fraction within 1 patch, and its chance rate).
+and (b) decoder correspondence (fraction within 1 patch for the last and the
+first decoder block, against the chance rate and the same-position guess).
 At the end of each run, (c) DAVIS-style J&F of label propagation with the
 frozen pre-trained encoder vs a random-init encoder of the same size, on
 ``--heldout_videos`` synthetic videos of seed 1 (as ``make demo``).
@@ -49,6 +50,8 @@ MEASURES = (
     "past_frame_loss_true",
     "past_frame_loss_other",
     "correspondence",
+    "correspondence_block0",
+    "correspondence_same_position",
     "correspondence_chance",
 )
 SCORES = ("J&F-Mean", "J-Mean", "F-Mean")
@@ -191,16 +194,17 @@ def table(results: list[dict]) -> str:
     """Markdown: measures per step, then J&F at the end (mean ± std over seeds)."""
     steps = sorted({int(s) for r in results for s in r["measures"]})
     lines = [
-        "| step | loss true f1 | loss other f1 | gap | corr. (≤1 patch) | chance |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "| step | loss true f1 | loss other f1 | gap | corr. last block | "
+        "corr. block 0 | same position | chance |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for step in steps:
         rows = [r["measures"][str(step)] for r in results if str(step) in r["measures"]]
         true = [m["past_frame_loss_true"] for m in rows]
         other = [m["past_frame_loss_other"] for m in rows]
         gap = np.subtract(other, true)
-        cells = [true, other, gap, [m["correspondence"] for m in rows]]
-        cells.append([m["correspondence_chance"] for m in rows])
+        cells = [true, other, gap]
+        cells += [[m[k] for m in rows] for k in MEASURES[2:]]
         lines.append(f"| {step} | " + " | ".join(_ms(c) for c in cells) + " |")
     lines += ["", "| encoder (final step) | J&F | J | F |", "|---|---:|---:|---:|"]
     for name in ("pretrained", "random"):
@@ -225,7 +229,9 @@ def _curves(results: list[dict]) -> dict[str, tuple[list[int], np.ndarray]]:
     return {
         "loss true f1": (keep, grid("past_frame_loss_true")),
         "loss other f1": (keep, grid("past_frame_loss_other")),
-        "correspondence": (keep, grid("correspondence")),
+        "corr. last block": (keep, grid("correspondence")),
+        "corr. block 0": (keep, grid("correspondence_block0")),
+        "same position": (keep, grid("correspondence_same_position")),
         "corr. chance": (keep, grid("correspondence_chance")),
     }
 
@@ -233,7 +239,9 @@ def _curves(results: list[dict]) -> dict[str, tuple[list[int], np.ndarray]]:
 COLOURS = {
     "loss true f1": (31, 119, 180),
     "loss other f1": (255, 127, 14),
-    "correspondence": (44, 160, 44),
+    "corr. last block": (44, 160, 44),
+    "corr. block 0": (148, 103, 189),
+    "same position": (214, 39, 40),
     "corr. chance": (150, 150, 150),
 }
 
@@ -276,7 +284,7 @@ def plot(results: list[dict], path: epath.Path, title: str) -> None:
     _panel(draw, (60, 50, 430, 330), "(a) past-frame use: masked loss", curves,
            ["loss true f1", "loss other f1"])  # fmt: skip
     _panel(draw, (510, 50, 880, 330), "(b) decoder correspondence", curves,
-           ["correspondence", "corr. chance"])  # fmt: skip
+           ["corr. last block", "corr. block 0", "same position", "corr. chance"])  # fmt: skip
     draw.text((420, 355), "training step (thin: seeds, thick: mean)", fill=(0, 0, 0))
     image.save(path)
 

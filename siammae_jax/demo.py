@@ -78,7 +78,7 @@ def measures(config, state, workdir: epath.Path, videos: int) -> dict:
     out = {"past_frame": learning.past_frame_use(apply, held, key)}
     out["correspondence"] = learning.decoder_correspondence(
         apply, held, key, model_def.patch
-    )
+    ).scalars()
     x = loop.step_lib.device_normalize(held.frames[:4])
     pred = apply(x[:, 0], x[:, 1], key, False)
     grid = metrics.reconstruction_grid(
@@ -118,10 +118,15 @@ def encoders(config, state, davis_root: epath.Path, workdir: epath.Path) -> dict
 
 
 def summary(workdir: epath.Path, m: dict, scores: dict) -> str:
-    (true, other), (corr, chance) = m["past_frame"], m["correspondence"]
+    (true, other), corr = m["past_frame"], m["correspondence"]
+    blocks = sorted(k for k in corr if k.startswith("correspondence_block"))
     lines = [
         f"past-frame use: loss with true f1 {true:.3f} vs other-video f1 {other:.3f}",
-        f"decoder correspondence: {corr:.3f} within 1 patch (chance {chance:.3f})",
+        f"decoder correspondence: {corr['correspondence']:.3f} within 1 patch "
+        f"(chance {corr['correspondence_chance']:.3f})",
+        "  by decoder block: "
+        + ", ".join(f"{corr[k]:.3f}" for k in blocks)
+        + f"; same-position guess {corr['correspondence_same_position']:.3f}",
     ]
     for name in ("pre-trained", "random-init"):
         s = scores[name]

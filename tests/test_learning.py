@@ -36,38 +36,54 @@ def test_past_frame_use_sees_the_gap(held):
     assert true < other
 
 
-def _attention_model(guess_fn):
+def _attention_model(*guess_fns):
+    """A 'model' whose decoder block k attends (all heads) to ``guess_fns[k](i, q)``."""
     n = (SIZE // PATCH) ** 2
 
     def apply(f1, f2, key, attention):
         b = f1.shape[0]
-        attn = np.full((b, 2, n, 1 + n), 1e-3, np.float32)
-        for i in range(b):
-            for q in range(n):
-                attn[i, :, q, 1 + guess_fn(i, q)] = 1.0
+        attn = np.full((b, len(guess_fns), 2, n, 1 + n), 1e-3, np.float32)
+        for k, guess_fn in enumerate(guess_fns):
+            for i in range(b):
+                for q in range(n):
+                    attn[i, k, :, q, 1 + guess_fn(i, q)] = 1.0
         mask = np.ones((b, n), np.float32)  # every patch masked
         return types.SimpleNamespace(attention=attn, mask=mask)
 
     return apply
 
 
+def _within_one(a, b):
+    return max(abs(a[0] - b[0]), abs(a[1] - b[1])) <= 1
+
+
 def test_correspondence_perfect_and_wrong(held):
     truth, visible = learning._true_patches(held, PATCH, (4, 4))
     inside = np.all((truth >= 0) & (truth < 4), -1)
     flat = np.where(inside, truth[..., 0] * 4 + truth[..., 1], 0)
-    perfect = _attention_model(lambda i, q: int(flat[i, q]))
-    corr, chance = learning.decoder_correspondence(perfect, held, None, PATCH)
-    assert corr == pytest.approx(1.0)
-    # Chance, independently: mean share of the 4x4 grid within one cell of the truth.
-    valid = visible & inside
-    share = [
-        sum(max(abs(r - t[0]), abs(c - t[1])) <= 1 for r in range(4) for c in range(4))
-        / 16
-        for t in truth[valid]
-    ]
-    assert chance == pytest.approx(np.mean(share))
-    far = _attention_model(
-        lambda i, q: int(15 - flat[i, q]) if flat[i, q] in (0, 15) else 0
+    perfect = lambda i, q: int(flat[i, q])  # noqa: E731
+    far = lambda i, q: int(15 - flat[i, q]) if flat[i, q] in (0, 15) else 0  # noqa: E731
+    # Block 0 attends to the truth, block 1 (the last, the headline) far from it.
+    corr = learning.decoder_correspondence(
+        _attention_model(perfect, far), held, None, PATCH
     )
-    corr_far, _ = learning.decoder_correspondence(far, held, None, PATCH)
-    assert corr_far < 0.5
+    assert corr.blocks[0] == pytest.approx(1.0)
+    assert corr.last == corr.blocks[1] < 0.5
+    scalars = corr.scalars()
+    assert scalars["correspondence"] == corr.blocks[1]
+    assert scalars["correspondence_block0"] == corr.blocks[0]
+    # Chance and the same-position guess, independently, over the valid patches.
+    valid = visible & inside
+    cells = [(r, c) for r in range(4) for c in range(4)]
+    share = [sum(_within_one(t, rc) for rc in cells) / 16 for t in truth[valid]]
+    assert corr.chance == pytest.approx(np.mean(share))
+    own = [
+        _within_one(truth[i, q], divmod(q, 4))
+        for i, q in zip(*np.nonzero(valid), strict=True)
+    ]
+    assert corr.same_position == pytest.approx(np.mean(own))
+    # A model that copies the same position scores exactly that baseline.
+    copy = learning.decoder_correspondence(
+        _attention_model(lambda i, q: q), held, None, PATCH
+    )
+    assert copy.last == pytest.approx(corr.same_position)

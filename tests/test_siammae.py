@@ -99,7 +99,7 @@ def test_prediction_depends_on_f1(tiny_apply):
     out = tiny_apply(f1, f2, key)
     out2 = tiny_apply(f1 * -1.0 + 0.5, f2, key)
     assert np.abs(np.asarray(out2.pred) - np.asarray(out.pred)).max() > 1e-2
-    assert out.attention.shape == (4, 2, 16, 17)
+    assert out.attention.shape == (4, 2, 2, 16, 17)  # B, blocks, heads, N, 1+N
     np.testing.assert_allclose(out.attention.sum(-1), 1.0, atol=1e-5)
 
 
@@ -111,7 +111,7 @@ def test_other_decoders_wire_f1(decoder_type):
     out2 = model(f1 + 1.0, f2, jax.random.key(0))
     assert np.isfinite(out.loss)
     assert np.abs(np.asarray(out2.pred) - np.asarray(out.pred)).max() > 1e-3
-    assert out.attention.shape == (2, 2, 16, 17)
+    assert out.attention.shape == (2, 2, 2, 16, 17)
     np.testing.assert_allclose(out.attention.sum(-1), 1.0, atol=1e-5)
 
 

@@ -120,7 +120,7 @@ def test_true_position_follows_labels_and_texture(video, t_from, t_to):
     keep &= _interior(video.labels[t_to])[
         np.clip(target[..., 0], 0, 63), np.clip(target[..., 1], 0, 63)
     ]
-    assert keep.sum() > 1000
+    assert keep.sum() > 500  # enough pixels seen in both frames (20-frame gaps too)
     src = video.frames[t_from].astype(np.float64)[keep]
     dst = _bilinear(video.frames[t_to].astype(np.float64), yx_to[keep])
     diff = np.abs(dst - src).mean(-1)

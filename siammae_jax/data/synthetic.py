@@ -78,6 +78,13 @@ JPEG_QUALITY = 95
 PNG_LEVEL = 1  # fast zlib level: large frames are written in seconds
 MARKER = "synthetic.json"
 OUTPUT_DIRS = ("videos", "frames", "DAVIS", "JHMDB", "VIP", "motion")
+# Motion per frame as a fraction of the frame size. At 64 px with 8-px patches,
+# a gap of 8 frames moves a median point by about 1.5 patches, so copying the
+# same position from f1 is not enough to predict f2 (see BENCHMARKS.md).
+OBJECT_SPEED = (0.02, 0.045)  # peak speed of an object's Lissajous path
+CAMERA_SPEED = (0.012, 0.03)  # steady background pan
+TEXTURE_SCALE = 2.0  # photo short side / frame side: room for the pan
+PAN_CENTRE = 12  # frame at which the pan passes the photo's centre
 _ANGLES = np.linspace(0.0, 2 * np.pi, 1024, endpoint=False)
 
 
@@ -211,7 +218,7 @@ def _shape_profile(rng: np.random.Generator, kind: str, radius: float) -> np.nda
 
 def _draw_layers(rng: np.random.Generator, size: tuple[int, int]) -> list[_Layer]:
     """Background plus 2-4 objects; one object is cut from the background's photo."""
-    short_side = round(1.25 * max(size))
+    short_side = round(TEXTURE_SCALE * max(size))
     bg_name = PHOTOS[rng.integers(len(PHOTOS))]
     background = _texture(rng, bg_name, short_side)
     layers = [_Layer(background, bg_name, "background")]
@@ -237,8 +244,8 @@ def _object_affines(
     hw = np.array(size, np.float64)
     t = np.arange(frames, dtype=np.float64)[:, None]
     mean = rng.uniform(0.3, 0.7, 2) * hw
-    amp = rng.uniform(0.1, 0.3, 2) * hw
-    omega = rng.uniform(0.006, 0.02, 2) * hw / amp  # peak speed 0.6-2% of size/frame
+    amp = rng.uniform(0.2, 0.4, 2) * hw
+    omega = rng.uniform(*OBJECT_SPEED, 2) * hw / amp  # peak speed, fraction of size
     centre = mean + amp * np.sin(omega * t + rng.uniform(0, 2 * np.pi, 2))
     angle = (
         rng.uniform(0, 2 * np.pi) + rng.choice([-1, 1]) * rng.uniform(0.005, 0.03) * t
@@ -262,11 +269,13 @@ def _camera_affines(
     t = np.arange(frames, dtype=np.float64)[:, None]
     direction = rng.uniform(0, 2 * np.pi)
     velocity = (
-        rng.uniform(0.004, 0.012)
+        rng.uniform(*CAMERA_SPEED)
         * min(size)
         * np.array([np.sin(direction), np.cos(direction)])
     )
-    start = (np.array(layer.texture.shape[:2]) - hw) / 2
+    # Centred on frame PAN_CENTRE (a constant: a video's prefix does not depend
+    # on its length), a 24-frame pan stays inside the photo (no mirrored edge).
+    start = (np.array(layer.texture.shape[:2]) - hw) / 2 - velocity * PAN_CENTRE
     wobble = (
         0.03
         * hw

@@ -4,10 +4,12 @@ a. **Past-frame use**: the masked-patch loss with the true f1 against the same
    f2 and mask with f1 taken from another video. A model that learned to copy
    from the past frame has a clear gap.
 b. **Decoder correspondence**: for each masked f2 patch, the f1 patch with the
-   highest cross-attention (last decoder block, heads averaged) against the
-   true position given by the synthetic motion; the fraction within one patch
-   (Chebyshev distance <= 1 on the patch grid), and the chance rate of a
-   uniformly random guess.
+   highest cross-attention (heads averaged) against the true position given by
+   the synthetic motion; the fraction within one patch (Chebyshev distance <= 1
+   on the patch grid) for every decoder block (the last one is the headline),
+   the chance rate of a uniformly random guess, and the rate of the
+   *same-position* guess (f2 patch (r, c) -> f1 patch (r, c)), which a model
+   can reach by copying without following motion.
 c. **Encoder features**: DAVIS J&F of label propagation with the frozen
    encoder (``siammae_jax.eval.tasks.run_davis``), pre-trained vs random init.
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -81,26 +84,62 @@ def _true_patches(held: HeldOut, patch: int, grid: tuple[int, int]):
     return np.stack(where), np.stack(seen)  # [B, N, 2], [B, N]
 
 
+class Correspondence(NamedTuple):
+    """Decoder correspondence (b): fractions of valid masked f2 patches.
+
+    blocks: per decoder block, attended within 1 patch of the true position.
+    chance: expected rate of a uniformly random f1 patch.
+    same_position: rate of the f1 patch at the f2 patch's own position.
+    """
+
+    blocks: tuple[float, ...]
+    chance: float
+    same_position: float
+
+    @property
+    def last(self) -> float:
+        """The headline figure: the last decoder block's rate."""
+        return self.blocks[-1]
+
+    def scalars(self) -> dict[str, float]:
+        """Flat names for metrics.jsonl / TensorBoard."""
+        out = {"correspondence": self.last, "correspondence_chance": self.chance}
+        out["correspondence_same_position"] = self.same_position
+        for i, value in enumerate(self.blocks):
+            out[f"correspondence_block{i}"] = value
+        return out
+
+
 def decoder_correspondence(
     apply: Apply, held: HeldOut, key: jax.Array, patch: int
-) -> tuple[float, float]:
-    """(fraction of masked f2 patches attended within 1 patch of the truth, chance)."""
+) -> Correspondence:
+    """Per-block fractions of masked f2 patches attended within 1 patch of the truth.
+
+    ``apply(f1, f2, key, True).attention`` is [B, blocks, heads, N, 1+N].
+    """
     x = pairs_lib.normalize(held.frames)
     out = apply(x[:, 0], x[:, 1], key, True)
     h, w = held.frames.shape[2] // patch, held.frames.shape[3] // patch
-    attn = np.asarray(out.attention).mean(1)[:, :, 1:]  # heads averaged, [CLS] dropped
-    best = attn.argmax(-1)
-    guess = np.stack([best // w, best % w], -1)
+    attn = np.asarray(out.attention).mean(2)[..., 1:]  # heads averaged, no [CLS]
     truth, visible = _true_patches(held, patch, (h, w))
     valid = visible & (np.asarray(out.mask) > 0)
     valid &= np.all((truth >= 0) & (truth < [h, w]), axis=-1)
-    hit = np.abs(guess - truth).max(-1) <= 1
+    count = max(1, int(valid.sum()))
+
+    def rate(guess):  # guess [B, N, 2] patch (row, col)
+        hit = np.abs(guess - truth).max(-1) <= 1
+        return float((hit & valid).sum() / count)
+
+    best = attn.argmax(-1)  # [B, blocks, N]
+    blocks = tuple(
+        rate(np.stack([best[:, i] // w, best[:, i] % w], -1))
+        for i in range(best.shape[1])
+    )
+    own = np.stack(np.divmod(np.arange(h * w), w), -1)  # f2 patch's own (row, col)
     rows = np.clip(truth[..., 0:1] + np.arange(-1, 2), 0, h - 1)
     cols = np.clip(truth[..., 1:2] + np.arange(-1, 2), 0, w - 1)
     # Chance: the share of the grid within Chebyshev distance 1 of the truth.
     near = np.array([[len(set(r)) * len(set(c)) for r, c in zip(rr, cc, strict=True)]
                      for rr, cc in zip(rows, cols, strict=True)])  # fmt: skip
-    count = max(1, int(valid.sum()))
-    return float((hit & valid).sum() / count), float(
-        (near / (h * w))[valid].sum() / count
-    )
+    chance = float((near / (h * w))[valid].sum() / count)
+    return Correspondence(blocks, chance, rate(np.broadcast_to(own, truth.shape)))

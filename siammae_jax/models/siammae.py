@@ -27,8 +27,8 @@ class Output(NamedTuple):
     pred: [B, N, p*p*3] predicted pixels of every f2 patch.
     target: [B, N, p*p*3] the (norm-pix when enabled) f2 patches.
     mask: [B, N] float32, 1 where the f2 patch was masked (the loss' support).
-    attention: [B, heads, N, 1+N] last decoder block's attention of f2 patch
-      queries over f1 tokens ([CLS] first), when requested; else None.
+    attention: [B, blocks, heads, N, 1+N] every decoder block's attention of
+      f2 patch queries over f1 tokens ([CLS] first), when requested; else None.
     """
 
     loss: jax.Array
@@ -222,7 +222,8 @@ class SiamMAE(nnx.Module):
     def decode(self, z1, z2, restore, *, return_attention=False):
         """Predicts every f2 patch from f1's tokens and f2's visible tokens.
 
-        Returns ``(pred [B, N, p*p*3], attention or None)``.
+        Returns ``(pred [B, N, p*p*3], attention [B, blocks, heads, N, 1+N] or
+        None)``.
         """
         x1 = self.decoder_embed(z1)
         x2 = self.decoder_embed(z2)
@@ -237,24 +238,22 @@ class SiamMAE(nnx.Module):
         x2 = jnp.concatenate([x2[:, :1], patches], axis=1) + pos
         x1 = x1 + pos
         x2 = layers.constrain(x2, layers.TOKENS)
-        attention = None
-        for i, block in enumerate(self.decoder_blocks):
-            want = return_attention and i == len(self.decoder_blocks) - 1
+        attention = []
+        for block in self.decoder_blocks:
             if self.decoder_type == "joint":
                 joint, weights = block(
-                    jnp.concatenate([x1, x2], 1), return_weights=want
+                    jnp.concatenate([x1, x2], 1), return_weights=return_attention
                 )
                 x1, x2 = joint[:, : x1.shape[1]], joint[:, x1.shape[1] :]
-                if want:  # f2 queries over the f1 keys, renormalised.
+                if return_attention:  # f2 queries over the f1 keys, renormalised.
                     weights = weights[:, :, x1.shape[1] :, : x1.shape[1]]
                     weights = weights / weights.sum(-1, keepdims=True)
             else:
-                x2, weights = block(x2, x1, return_weights=want)
-            attention = weights if want else attention
+                x2, weights = block(x2, x1, return_weights=return_attention)
+            if return_attention:
+                attention.append(weights[:, :, 1:])  # f2's [CLS] query dropped
         pred = self.decoder_pred(self.decoder_norm(x2))[:, 1:]
-        if attention is not None:
-            attention = attention[:, :, 1:]
-        return pred, attention
+        return pred, jnp.stack(attention, axis=1) if return_attention else None
 
     def __call__(
         self, f1: jax.Array, f2: jax.Array, key: jax.Array, *, return_attention=False
@@ -264,7 +263,7 @@ class SiamMAE(nnx.Module):
         Args:
           f1, f2: [B, H, W, 3] past and future frames (same crop), normalised.
           key: PRNG key for f2's masks (one mask per sample).
-          return_attention: also return the last decoder block's attention.
+          return_attention: also return every decoder block's cross-attention.
         """
         z1, z2, restore, mask = self.encode_pair(f1, f2, key)
         pred, attention = self.decode(

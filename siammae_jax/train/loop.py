@@ -256,12 +256,11 @@ def _make_measures(config, model_def: state_lib.ModelDef):
         key = jax.random.fold_in(jax.random.key(config.seed + 2), step)
         fn = functools.partial(apply, params)
         true, other = learning.past_frame_use(fn, held, key)
-        corr, chance = learning.decoder_correspondence(fn, held, key, model_def.patch)
+        corr = learning.decoder_correspondence(fn, held, key, model_def.patch)
         return {
             "past_frame_loss_true": true,
             "past_frame_loss_other": other,
-            "correspondence": corr,
-            "correspondence_chance": chance,
+            **corr.scalars(),
         }
 
     return measure
