@@ -46,14 +46,7 @@ from siammae_jax.eval import config as eval_config
 from siammae_jax.eval import encoder, tasks
 from siammae_jax.train import logs, loop
 
-MEASURES = (
-    "past_frame_loss_true",
-    "past_frame_loss_other",
-    "correspondence",
-    "correspondence_block0",
-    "correspondence_same_position",
-    "correspondence_chance",
-)
+MEASURES = ("past_frame_loss_true", "past_frame_loss_other")  # + correspondence*
 SCORES = ("J&F-Mean", "J-Mean", "F-Mean")
 
 
@@ -181,7 +174,11 @@ def read_measures(path: epath.Path) -> dict[str, dict[str, float]]:
     for line in path.read_text().splitlines():
         row = json.loads(line)
         if "correspondence" in row:
-            out[str(row["step"])] = {k: row[k] for k in MEASURES}
+            out[str(row["step"])] = {
+                k: v
+                for k, v in row.items()
+                if k in MEASURES or k.startswith("correspondence")
+            }
     return out
 
 
@@ -190,21 +187,43 @@ def _ms(values) -> str:
     return f"{v.mean():.3f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.3f}"
 
 
+# (column / curve label, metrics key) of the correspondence measures; the
+# decoder's last block is ``correspondence`` (visible f2 patches).
+CORRESPONDENCE = (
+    ("corr. visible, last", "correspondence"),
+    ("corr. visible, block 0", "correspondence_visible_block0"),
+    ("corr. masked, last", "correspondence_masked_last"),
+    ("corr. masked, block 0", "correspondence_masked_block0"),
+    ("same position", "correspondence_same_position"),
+    ("chance", "correspondence_chance"),
+)
+
+
+def _with_last(m: dict) -> dict:
+    """Adds ``correspondence_masked_last`` (the highest masked block index)."""
+    blocks = [k for k in m if k.startswith("correspondence_masked_block")]
+    last = max(blocks, key=lambda k: int(k.rsplit("block", 1)[1]))
+    return {**m, "correspondence_masked_last": m[last]}
+
+
 def table(results: list[dict]) -> str:
     """Markdown: measures per step, then J&F at the end (mean ± std over seeds)."""
     steps = sorted({int(s) for r in results for s in r["measures"]})
+    names = " | ".join(label for label, _ in CORRESPONDENCE)
     lines = [
-        "| step | loss true f1 | loss other f1 | gap | corr. last block | "
-        "corr. block 0 | same position | chance |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| step | loss true f1 | loss other f1 | gap | {names} |",
+        "|---:|" + "---:|" * (3 + len(CORRESPONDENCE)),
     ]
     for step in steps:
-        rows = [r["measures"][str(step)] for r in results if str(step) in r["measures"]]
+        rows = [
+            _with_last(r["measures"][str(step)])
+            for r in results
+            if str(step) in r["measures"]
+        ]
         true = [m["past_frame_loss_true"] for m in rows]
         other = [m["past_frame_loss_other"] for m in rows]
-        gap = np.subtract(other, true)
-        cells = [true, other, gap]
-        cells += [[m[k] for m in rows] for k in MEASURES[2:]]
+        cells = [true, other, np.subtract(other, true)]
+        cells += [[m[k] for m in rows] for _, k in CORRESPONDENCE]
         lines.append(f"| {step} | " + " | ".join(_ms(c) for c in cells) + " |")
     lines += ["", "| encoder (final step) | J&F | J | F |", "|---|---:|---:|---:|"]
     for name in ("pretrained", "random"):
@@ -224,25 +243,26 @@ def _curves(results: list[dict]) -> dict[str, tuple[list[int], np.ndarray]]:
     keep = [s for s in steps if all(str(s) in r["measures"] for r in results)]
 
     def grid(key):
-        return np.array([[r["measures"][str(s)][key] for s in keep] for r in results])
+        return np.array(
+            [[_with_last(r["measures"][str(s)])[key] for s in keep] for r in results]
+        )
 
-    return {
+    curves = {
         "loss true f1": (keep, grid("past_frame_loss_true")),
         "loss other f1": (keep, grid("past_frame_loss_other")),
-        "corr. last block": (keep, grid("correspondence")),
-        "corr. block 0": (keep, grid("correspondence_block0")),
-        "same position": (keep, grid("correspondence_same_position")),
-        "corr. chance": (keep, grid("correspondence_chance")),
     }
+    return curves | {label: (keep, grid(k)) for label, k in CORRESPONDENCE}
 
 
 COLOURS = {
     "loss true f1": (31, 119, 180),
     "loss other f1": (255, 127, 14),
-    "corr. last block": (44, 160, 44),
-    "corr. block 0": (148, 103, 189),
+    "corr. visible, last": (44, 160, 44),
+    "corr. visible, block 0": (148, 103, 189),
+    "corr. masked, last": (23, 190, 207),
+    "corr. masked, block 0": (188, 189, 34),
     "same position": (214, 39, 40),
-    "corr. chance": (150, 150, 150),
+    "chance": (150, 150, 150),
 }
 
 
@@ -284,7 +304,7 @@ def plot(results: list[dict], path: epath.Path, title: str) -> None:
     _panel(draw, (60, 50, 430, 330), "(a) past-frame use: masked loss", curves,
            ["loss true f1", "loss other f1"])  # fmt: skip
     _panel(draw, (510, 50, 880, 330), "(b) decoder correspondence", curves,
-           ["corr. last block", "corr. block 0", "same position", "corr. chance"])  # fmt: skip
+           [label for label, _ in CORRESPONDENCE])  # fmt: skip
     draw.text((420, 355), "training step (thin: seeds, thick: mean)", fill=(0, 0, 0))
     image.save(path)
 

@@ -107,8 +107,8 @@ def _tiny(c: ml_collections.ConfigDict) -> None:
     c.model.mask_ratio = 0.9
     c.model.dtype = "float32"
     c.data.format = "synthetic"
-    c.data.min_gap = 2
-    c.data.max_gap = 12
+    c.data.min_gap = 4  # at 96 px a gap of 4-16 frames moves ~1-3 8-px patches
+    c.data.max_gap = 16
     c.data.num_workers = 0
     c.optim.base_lr = 1e-3 * 256 / 16  # -> lr 1e-3 at batch 16
     c.optim.epochs = 100

@@ -119,14 +119,18 @@ def encoders(config, state, davis_root: epath.Path, workdir: epath.Path) -> dict
 
 def summary(workdir: epath.Path, m: dict, scores: dict) -> str:
     (true, other), corr = m["past_frame"], m["correspondence"]
-    blocks = sorted(k for k in corr if k.startswith("correspondence_block"))
+
+    def by_block(name):
+        keys = sorted(k for k in corr if k.startswith(f"correspondence_{name}_block"))
+        return ", ".join(f"{corr[k]:.3f}" for k in keys)
+
     lines = [
         f"past-frame use: loss with true f1 {true:.3f} vs other-video f1 {other:.3f}",
         f"decoder correspondence: {corr['correspondence']:.3f} within 1 patch "
         f"(chance {corr['correspondence_chance']:.3f})",
-        "  by decoder block: "
-        + ", ".join(f"{corr[k]:.3f}" for k in blocks)
-        + f"; same-position guess {corr['correspondence_same_position']:.3f}",
+        f"  per decoder block: visible f2 patches {by_block('visible')}; masked "
+        f"{by_block('masked')}; same-position guess "
+        f"{corr['correspondence_same_position']:.3f}",
     ]
     for name in ("pre-trained", "random-init"):
         s = scores[name]

@@ -37,7 +37,10 @@ def test_past_frame_use_sees_the_gap(held):
 
 
 def _attention_model(*guess_fns):
-    """A 'model' whose decoder block k attends (all heads) to ``guess_fns[k](i, q)``."""
+    """A 'model' whose decoder block k attends (all heads) to ``guess_fns[k](i, q)``.
+
+    Even f2 patches are masked, odd ones visible.
+    """
     n = (SIZE // PATCH) ** 2
 
     def apply(f1, f2, key, attention):
@@ -47,7 +50,7 @@ def _attention_model(*guess_fns):
             for i in range(b):
                 for q in range(n):
                     attn[i, k, :, q, 1 + guess_fn(i, q)] = 1.0
-        mask = np.ones((b, n), np.float32)  # every patch masked
+        mask = np.tile(np.arange(n) % 2 == 0, (b, 1)).astype(np.float32)
         return types.SimpleNamespace(attention=attn, mask=mask)
 
     return apply
@@ -65,13 +68,13 @@ def test_correspondence_perfect_and_wrong(held):
     far = lambda i, q: int(15 - flat[i, q]) if flat[i, q] in (0, 15) else 0  # noqa: E731
     # Block 0 attends to the truth, block 1 (the last, the headline) far from it.
     corr = learning.decoder_correspondence(
-        _attention_model(perfect, far), held, None, PATCH
+        _attention_model(perfect, far), held, None, PATCH, draws=2
     )
-    assert corr.blocks[0] == pytest.approx(1.0)
-    assert corr.last == corr.blocks[1] < 0.5
+    assert corr.masked[0] == corr.visible[0] == pytest.approx(1.0)
+    assert corr.masked[1] < 0.5 and corr.visible[1] < 0.5
     scalars = corr.scalars()
-    assert scalars["correspondence"] == corr.blocks[1]
-    assert scalars["correspondence_block0"] == corr.blocks[0]
+    assert scalars["correspondence"] == corr.last == corr.visible[1]
+    assert scalars["correspondence_masked_block0"] == corr.masked[0]
     # Chance and the same-position guess, independently, over the valid patches.
     valid = visible & inside
     cells = [(r, c) for r in range(4) for c in range(4)]
@@ -82,8 +85,13 @@ def test_correspondence_perfect_and_wrong(held):
         for i, q in zip(*np.nonzero(valid), strict=True)
     ]
     assert corr.same_position == pytest.approx(np.mean(own))
-    # A model that copies the same position scores exactly that baseline.
+    # A model that copies the same position scores that baseline on each set.
     copy = learning.decoder_correspondence(
         _attention_model(lambda i, q: q), held, None, PATCH
     )
-    assert copy.last == pytest.approx(corr.same_position)
+    odd = valid & (np.arange(16) % 2 == 1)
+    own_odd = [
+        _within_one(truth[i, q], divmod(q, 4))
+        for i, q in zip(*np.nonzero(odd), strict=True)
+    ]
+    assert copy.last == pytest.approx(np.mean(own_odd))
