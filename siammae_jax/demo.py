@@ -24,7 +24,7 @@ from etils import epath
 
 from configs import siammae as configs
 from siammae_jax.data import synthetic
-from siammae_jax.eval import attention, encoder, learning, tasks
+from siammae_jax.eval import attention, encoder, learning, pictures, tasks
 from siammae_jax.eval import config as eval_config
 from siammae_jax.train import logs, loop, metrics
 
@@ -117,6 +117,30 @@ def encoders(config, state, davis_root: epath.Path, workdir: epath.Path) -> dict
     return scores
 
 
+def summary_picture(workdir: epath.Path, scores: dict) -> epath.Path:
+    """``pictures/summary.png``: reconstructions above the propagation overlays."""
+    from PIL import Image
+
+    def load(path):
+        return np.asarray(Image.open(path).convert("RGB"))
+
+    pics = workdir / "pictures"
+    panels = [
+        (
+            "reconstructions (rows: f1 | f2 masked | reconstruction | f2)",
+            load(pics / "reconstruction.png"),
+        )
+    ]
+    for name in ("pre-trained", "random-init"):
+        first = sorted((workdir / "davis" / name / "overlays").glob("*.png"))[0]
+        jf = scores[name]["J&F-Mean"]
+        caption = f"{name} encoder, label propagation ({first.stem}, J&F {jf:.3f})"
+        panels.append((caption, load(first)))
+    path = pics / "summary.png"
+    pictures.save(path, pictures.captioned_column(panels, width=768))
+    return path
+
+
 def summary(workdir: epath.Path, m: dict, scores: dict) -> str:
     (true, other), corr = m["past_frame"], m["correspondence"]
 
@@ -139,7 +163,8 @@ def summary(workdir: epath.Path, m: dict, scores: dict) -> str:
             f"(J {s['J-Mean']:.3f}, F {s['F-Mean']:.3f})"
         )
     lines += [
-        f"pictures: {workdir / 'pictures'} (reconstruction.png, attention.png/.mp4), "
+        f"pictures: {workdir / 'pictures'} (summary.png, reconstruction.png, "
+        "attention.png/.mp4), "
         f"{workdir / 'davis' / 'pre-trained' / 'overlays'}",
         f"logs: tensorboard --logdir {workdir}  (scalars also in "
         f"{workdir / 'metrics.jsonl'}); checkpoints: {workdir / 'checkpoints'}",
@@ -160,6 +185,7 @@ def main(argv):
     _say("measuring past-frame use and decoder correspondence ...")
     m = measures(config, state, workdir, videos)
     scores = encoders(config, state, davis_root, workdir)
+    summary_picture(workdir, scores)
     text = summary(workdir, m, scores)
     record = {"steps": steps, "seconds": round(time.time() - start), **m, **scores}
     (workdir / "summary.json").write_text(json.dumps(record, indent=2))

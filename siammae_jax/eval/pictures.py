@@ -60,3 +60,17 @@ def pick_frames(num_frames: int, count: int = 4) -> list[int]:
 
 def save(path, image: np.ndarray) -> None:
     Image.fromarray(image).save(path)
+
+
+def captioned_column(
+    panels: Sequence[tuple[str, np.ndarray]], width: int, caption_height: int = 16
+) -> np.ndarray:
+    """Panels stacked top to bottom, each scaled to ``width`` under its caption."""
+    rows = []
+    for caption, image in panels:
+        h = max(1, round(image.shape[0] * width / image.shape[1]))
+        scaled = Image.fromarray(image).resize((width, h), Image.Resampling.NEAREST)
+        bar = Image.new("RGB", (width, caption_height), (255, 255, 255))
+        ImageDraw.Draw(bar).text((4, 2), caption, fill=(0, 0, 0))
+        rows += [np.asarray(bar), np.asarray(scaled.convert("RGB"))]
+    return np.concatenate(rows, axis=0)

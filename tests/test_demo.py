@@ -1,0 +1,62 @@
+"""The demo's closing summary keeps the interface lines; its summary picture."""
+
+import re
+
+import numpy as np
+from etils import epath
+from PIL import Image
+
+from siammae_jax import demo
+from siammae_jax.eval import pictures
+
+SCORES = {
+    "pre-trained": {"J&F-Mean": 0.4, "J-Mean": 0.45, "F-Mean": 0.35},
+    "random-init": {"J&F-Mean": 0.3, "J-Mean": 0.32, "F-Mean": 0.28},
+}
+MEASURES = {
+    "past_frame": (0.6061, 1.5949),
+    "correspondence": {
+        "correspondence": 0.2,
+        "correspondence_chance": 0.118,
+        "correspondence_same_position": 0.21,
+        "correspondence_visible_block0": 0.31,
+        "correspondence_visible_block1": 0.2,
+        "correspondence_masked_block0": 0.25,
+        "correspondence_masked_block1": 0.13,
+    },
+}
+
+
+def test_summary_has_the_interface_lines(tmp_path):
+    text = demo.summary(epath.Path(tmp_path), MEASURES, SCORES).splitlines()
+    assert text[0] == "past-frame use: loss with true f1 0.606 vs other-video f1 1.595"
+    assert text[1] == "decoder correspondence: 0.200 within 1 patch (chance 0.118)"
+    assert "visible f2 patches 0.310, 0.200; masked 0.250, 0.130" in text[2]
+    assert "pre-trained encoder: J&F 0.400 (J 0.450, F 0.350)" in text
+    assert "random-init encoder: J&F 0.300 (J 0.320, F 0.280)" in text
+    assert any(re.match(r"pictures: .*summary\.png", line) for line in text)
+
+
+def test_summary_picture_stacks_reconstruction_and_overlays(tmp_path):
+    root = epath.Path(tmp_path)
+    (root / "pictures").mkdir()
+    Image.new("RGB", (256, 128), (10, 20, 30)).save(
+        root / "pictures/reconstruction.png"
+    )
+    for name in SCORES:
+        (root / "davis" / name / "overlays").mkdir(parents=True)
+        Image.new("RGB", (200, 50), (200, 0, 0)).save(
+            root / "davis" / name / "overlays" / "synth_0000.png"
+        )
+    path = demo.summary_picture(root, SCORES)
+    image = np.asarray(Image.open(path))
+    # Three panels scaled to 768 px wide (384 + 192 + 192 high) under 16-px captions.
+    assert image.shape == (3 * 16 + 384 + 192 + 192, 768, 3)
+    assert (image[16 + 10, 10] == (10, 20, 30)).all()
+    assert (image[16 + 384 + 16 + 10, 10] == (200, 0, 0)).all()
+
+
+def test_captioned_column_keeps_aspect():
+    out = pictures.captioned_column([("a", np.zeros((10, 20, 3), np.uint8))], 40, 8)
+    assert out.shape == (8 + 20, 40, 3)
+    assert (out[:8] == 255).mean() > 0.9  # a white caption bar with some text
