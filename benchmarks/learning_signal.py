@@ -18,6 +18,9 @@ At the end of each run, (c) DAVIS-style J&F of label propagation with the
 frozen pre-trained encoder vs a random-init encoder of the same size, on
 ``--heldout_videos`` synthetic videos of seed 1 (as ``make demo``).
 
+``--compare tag1,tag2`` prints the final-step measures of finished runs side
+by side (the ablation tables of BENCHMARKS.md).
+
 Writes ``<out>/<tag>/results.md`` (mean +- std over seeds per measured step),
 ``results.json`` and ``curves.png`` (drawn with PIL), and prints the table.
 
@@ -71,6 +74,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--heldout_videos", type=int, default=40, help="J&F videos.")
     p.add_argument("--measure_videos", type=int, default=40, help="(a), (b) videos.")
     p.add_argument("--tag", default=None, help="Sub-folder name (default: derived).")
+    p.add_argument(
+        "--compare",
+        default=None,
+        help="Comma-separated tags under --out: print their final-step measures "
+        "side by side (no training).",
+    )
     return p.parse_args()
 
 
@@ -309,9 +318,44 @@ def plot(results: list[dict], path: epath.Path, title: str) -> None:
     image.save(path)
 
 
+def compare(out: epath.Path, tags: list[str]) -> str:
+    """Markdown: each tag's final measured step and J&F (mean ± std over seeds)."""
+    labels = " | ".join(label for label, _ in CORRESPONDENCE)
+    lines = [
+        f"| run | seeds | step | loss gap | {labels} | J&F pre-trained − random |",
+        "|---|---:|---:|---:|" + "---:|" * (1 + len(CORRESPONDENCE)),
+    ]
+    for tag in tags:
+        results = json.loads((out / tag / "results.json").read_text())
+        step = max(int(s) for s in results[0]["measures"])
+        rows = [_with_last(r["measures"][str(step)]) for r in results]
+        cells = [
+            np.subtract(
+                [m["past_frame_loss_other"] for m in rows],
+                [m["past_frame_loss_true"] for m in rows],
+            )
+        ]
+        cells += [[m[k] for m in rows] for _, k in CORRESPONDENCE]
+        cells.append(
+            [
+                r["jf"]["pretrained"]["J&F-Mean"] - r["jf"]["random"]["J&F-Mean"]
+                for r in results
+            ]
+        )
+        lines.append(
+            f"| {tag} | {len(results)} | {step} | "
+            + " | ".join(_ms(c) for c in cells)
+            + " |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     args = parse_args()
     logs.quiet_library_logs()
+    if args.compare:
+        print(compare(epath.Path(args.out), args.compare.split(",")))
+        return
     root = epath.Path(args.out) / run_tag(args)
     root.mkdir(parents=True, exist_ok=True)
     size = make_config(args, 0).model.image_size

@@ -3,13 +3,15 @@
 a. **Past-frame use**: the masked-patch loss with the true f1 against the same
    f2 and mask with f1 taken from another video. A model that learned to copy
    from the past frame has a clear gap.
-b. **Decoder correspondence**: for each masked f2 patch, the f1 patch with the
+b. **Decoder correspondence**: for each f2 patch, the f1 patch with the
    highest cross-attention (heads averaged) against the true position given by
    the synthetic motion; the fraction within one patch (Chebyshev distance <= 1
-   on the patch grid) for every decoder block (the last one is the headline),
-   the chance rate of a uniformly random guess, and the rate of the
+   on the patch grid) for every decoder block, separately for visible f2
+   patches (queries that carry content) and masked ones (the mask token plus
+   position); the headline is the last block on visible patches. Against two
+   baselines: the chance rate of a uniformly random guess, and the
    *same-position* guess (f2 patch (r, c) -> f1 patch (r, c)), which a model
-   can reach by copying without following motion.
+   reaches by copying without following motion.
 c. **Encoder features**: DAVIS J&F of label propagation with the frozen
    encoder (``siammae_jax.eval.tasks.run_davis``), pre-trained vs random init.
 
