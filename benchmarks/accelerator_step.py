@@ -24,11 +24,11 @@ float32 (same parameters, same masks), and the loss curves of
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import pathlib
 import time
 
+import checkout_configs
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -51,14 +51,6 @@ DATASHEET = {
 }
 
 
-def _configs():
-    path = pathlib.Path(__file__).resolve().parents[1] / "configs" / "siammae.py"
-    spec = importlib.util.spec_from_file_location("siammae_configs", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def matmul_tflops(dtype: str, n: int = 8192, repeats: int = 10) -> float:
     """TFLOP/s of an n x n x n matmul in ``dtype`` (mean of ``repeats``)."""
     a = jax.random.normal(jax.random.key(0), (n, n), dtype)
@@ -75,7 +67,7 @@ def matmul_tflops(dtype: str, n: int = 8192, repeats: int = 10) -> float:
 
 def build(variant: str, batch: int, dtype: str):
     """(config, model_def, compiled step, state, memory analysis, compile s)."""
-    config = _configs().get_config(variant)
+    config = checkout_configs.get_config(variant)
     config.batch_size = batch
     config.model.dtype = dtype
     mesh = mesh_lib.make_mesh(config.mesh.to_dict())

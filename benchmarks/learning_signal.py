@@ -34,11 +34,10 @@ from __future__ import annotations
 
 import argparse
 import ast
-import importlib.util
 import json
-import pathlib
 import time
 
+import checkout_configs
 import jax
 import numpy as np
 from etils import epath
@@ -51,15 +50,6 @@ from siammae_jax.train import logs, loop
 
 MEASURES = ("past_frame_loss_true", "past_frame_loss_other")  # + correspondence*
 SCORES = ("J&F-Mean", "J-Mean", "F-Mean")
-
-
-def _configs():
-    """``configs/siammae.py`` of this checkout (not an installed package)."""
-    path = pathlib.Path(__file__).resolve().parents[1] / "configs" / "siammae.py"
-    spec = importlib.util.spec_from_file_location("siammae_configs", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def parse_args() -> argparse.Namespace:
@@ -93,7 +83,7 @@ def _value(text: str):
 def make_config(args: argparse.Namespace, seed: int):
     """The variant with the overrides of ``--config`` and the ablation flags."""
     variant, *overrides = args.config.split(",")
-    config = _configs().get_config(variant)
+    config = checkout_configs.get_config(variant)
     for item in overrides:
         field, text = item.split("=", 1)
         *parents, leaf = field.split(".")
