@@ -1,4 +1,9 @@
-"""The demo's closing summary keeps the interface lines; its summary picture."""
+"""The demo's closing summary keeps the interface lines; its summary picture.
+
+``siammae_jax.demo`` is imported inside the tests: it pulls in TensorFlow (clu's
+writers), and TensorFlow loaded before torch/triton at collection time crashes
+the interpreter when the ``torch`` extra is installed (``make test-interop``).
+"""
 
 import re
 
@@ -6,7 +11,6 @@ import numpy as np
 from etils import epath
 from PIL import Image
 
-from siammae_jax import demo
 from siammae_jax.eval import pictures
 
 SCORES = {
@@ -28,6 +32,8 @@ MEASURES = {
 
 
 def test_summary_has_the_interface_lines(tmp_path):
+    from siammae_jax import demo
+
     text = demo.summary(epath.Path(tmp_path), MEASURES, SCORES).splitlines()
     assert text[0] == "past-frame use: loss with true f1 0.606 vs other-video f1 1.595"
     assert text[1] == "decoder correspondence: 0.200 within 1 patch (chance 0.118)"
@@ -38,6 +44,8 @@ def test_summary_has_the_interface_lines(tmp_path):
 
 
 def test_summary_picture_stacks_reconstruction_and_overlays(tmp_path):
+    from siammae_jax import demo
+
     root = epath.Path(tmp_path)
     (root / "pictures").mkdir()
     Image.new("RGB", (256, 128), (10, 20, 30)).save(
