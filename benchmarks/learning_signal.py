@@ -48,7 +48,6 @@ from siammae_jax.eval import config as eval_config
 from siammae_jax.eval import encoder, tasks
 from siammae_jax.train import logs, loop
 
-MEASURES = ("past_frame_loss_true", "past_frame_loss_other")  # + correspondence*
 SCORES = ("J&F-Mean", "J-Mean", "F-Mean")
 
 
@@ -176,7 +175,7 @@ def read_measures(path: epath.Path) -> dict[str, dict[str, float]]:
             out[str(row["step"])] = {
                 k: v
                 for k, v in row.items()
-                if k in MEASURES or k.startswith("correspondence")
+                if k.startswith(("past_frame_loss", "correspondence"))
             }
     return out
 
@@ -186,6 +185,13 @@ def _ms(values) -> str:
     return f"{v.mean():.3f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.3f}"
 
 
+# (column / curve label, metrics key) of the past-frame losses (a): true f1,
+# another video's f1, the true f1 with its patches shuffled (same colours).
+LOSSES = (
+    ("loss true f1", "past_frame_loss_true"),
+    ("loss other f1", "past_frame_loss_other"),
+    ("loss shuffled f1", "past_frame_loss_shuffled"),
+)
 # (column / curve label, metrics key) of the correspondence measures; the
 # decoder's last block is ``correspondence`` (visible f2 patches).
 CORRESPONDENCE = (
@@ -199,19 +205,34 @@ CORRESPONDENCE = (
 
 
 def _with_last(m: dict) -> dict:
-    """Adds ``correspondence_masked_last`` (the highest masked block index)."""
+    """Adds ``correspondence_masked_last`` (the highest masked block index), and
+    the shuffled-f1 loss as NaN for runs measured before it existed."""
     blocks = [k for k in m if k.startswith("correspondence_masked_block")]
     last = max(blocks, key=lambda k: int(k.rsplit("block", 1)[1]))
-    return {**m, "correspondence_masked_last": m[last]}
+    return {
+        "past_frame_loss_shuffled": np.nan,
+        **m,
+        "correspondence_masked_last": m[last],
+    }
+
+
+def _gaps(rows: list[dict]) -> list[np.ndarray]:
+    """Per run: other-video f1 loss - true f1 loss, shuffled f1 loss - true."""
+    true = np.array([m["past_frame_loss_true"] for m in rows])
+    return [
+        np.array([m["past_frame_loss_other"] for m in rows]) - true,
+        np.array([m["past_frame_loss_shuffled"] for m in rows]) - true,
+    ]
 
 
 def table(results: list[dict]) -> str:
     """Markdown: measures per step, then J&F at the end (mean ± std over seeds)."""
     steps = sorted({int(s) for r in results for s in r["measures"]})
     names = " | ".join(label for label, _ in CORRESPONDENCE)
+    losses = " | ".join(label for label, _ in LOSSES)
     lines = [
-        f"| step | loss true f1 | loss other f1 | gap | {names} |",
-        "|---:|" + "---:|" * (3 + len(CORRESPONDENCE)),
+        f"| step | {losses} | gap | layout gap | {names} |",
+        "|---:|" + "---:|" * (len(LOSSES) + 2 + len(CORRESPONDENCE)),
     ]
     for step in steps:
         rows = [
@@ -219,9 +240,7 @@ def table(results: list[dict]) -> str:
             for r in results
             if str(step) in r["measures"]
         ]
-        true = [m["past_frame_loss_true"] for m in rows]
-        other = [m["past_frame_loss_other"] for m in rows]
-        cells = [true, other, np.subtract(other, true)]
+        cells = [[m[k] for m in rows] for _, k in LOSSES] + _gaps(rows)
         cells += [[m[k] for m in rows] for _, k in CORRESPONDENCE]
         lines.append(f"| {step} | " + " | ".join(_ms(c) for c in cells) + " |")
     lines += ["", "| encoder (final step) | J&F | J | F |", "|---|---:|---:|---:|"]
@@ -246,16 +265,13 @@ def _curves(results: list[dict]) -> dict[str, tuple[list[int], np.ndarray]]:
             [[_with_last(r["measures"][str(s)])[key] for s in keep] for r in results]
         )
 
-    curves = {
-        "loss true f1": (keep, grid("past_frame_loss_true")),
-        "loss other f1": (keep, grid("past_frame_loss_other")),
-    }
-    return curves | {label: (keep, grid(k)) for label, k in CORRESPONDENCE}
+    return {label: (keep, grid(k)) for label, k in LOSSES + CORRESPONDENCE}
 
 
 COLOURS = {
     "loss true f1": (31, 119, 180),
     "loss other f1": (255, 127, 14),
+    "loss shuffled f1": (140, 86, 75),
     "corr. visible, last": (44, 160, 44),
     "corr. visible, block 0": (148, 103, 189),
     "corr. masked, last": (23, 190, 207),
@@ -301,7 +317,7 @@ def plot(results: list[dict], path: epath.Path, title: str) -> None:
     draw = ImageDraw.Draw(image)
     draw.text((60, 8), title, fill=(0, 0, 0))
     _panel(draw, (60, 50, 430, 330), "(a) past-frame use: masked loss", curves,
-           ["loss true f1", "loss other f1"])  # fmt: skip
+           [label for label, _ in LOSSES])  # fmt: skip
     _panel(draw, (510, 50, 880, 330), "(b) decoder correspondence", curves,
            [label for label, _ in CORRESPONDENCE])  # fmt: skip
     draw.text((420, 355), "training step (thin: seeds, thick: mean)", fill=(0, 0, 0))
@@ -312,20 +328,15 @@ def compare(out: epath.Path, tags: list[str]) -> str:
     """Markdown: each tag's final measured step and J&F (mean ± std over seeds)."""
     labels = " | ".join(label for label, _ in CORRESPONDENCE)
     lines = [
-        f"| run | seeds | step | loss gap | {labels} | J&F pre-trained − random |",
-        "|---|---:|---:|---:|" + "---:|" * (1 + len(CORRESPONDENCE)),
+        f"| run | seeds | step | loss gap | layout gap | {labels} "
+        "| J&F pre-trained − random |",
+        "|---|---:|---:|---:|---:|" + "---:|" * (1 + len(CORRESPONDENCE)),
     ]
     for tag in tags:
         results = json.loads((out / tag / "results.json").read_text())
         step = max(int(s) for s in results[0]["measures"])
         rows = [_with_last(r["measures"][str(step)]) for r in results]
-        cells = [
-            np.subtract(
-                [m["past_frame_loss_other"] for m in rows],
-                [m["past_frame_loss_true"] for m in rows],
-            )
-        ]
-        cells += [[m[k] for m in rows] for _, k in CORRESPONDENCE]
+        cells = _gaps(rows) + [[m[k] for m in rows] for _, k in CORRESPONDENCE]
         cells.append(
             [
                 r["jf"]["pretrained"]["J&F-Mean"] - r["jf"]["random"]["J&F-Mean"]

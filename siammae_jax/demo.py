@@ -75,7 +75,8 @@ def measures(config, state, workdir: epath.Path, videos: int) -> dict:
 
     held = learning.heldout_pairs(1, videos, config.model.image_size)
     key = jax.random.key(123)
-    out = {"past_frame": learning.past_frame_use(apply, held, key)}
+    past = learning.past_frame_use(apply, held, key, model_def.patch)
+    out = {"past_frame": past._asdict()}
     out["correspondence"] = learning.decoder_correspondence(
         apply, held, key, model_def.patch
     ).scalars()
@@ -142,7 +143,8 @@ def summary_picture(workdir: epath.Path, scores: dict) -> epath.Path:
 
 
 def summary(workdir: epath.Path, m: dict, scores: dict) -> str:
-    (true, other), corr = m["past_frame"], m["correspondence"]
+    past, corr = m["past_frame"], m["correspondence"]
+    true, other, shuffled = past["true"], past["other"], past["shuffled"]
 
     def by_block(name):
         keys = sorted(k for k in corr if k.startswith(f"correspondence_{name}_block"))
@@ -150,6 +152,8 @@ def summary(workdir: epath.Path, m: dict, scores: dict) -> str:
 
     lines = [
         f"past-frame use: loss with true f1 {true:.3f} vs other-video f1 {other:.3f}",
+        f"  layout use: loss with true f1's patches shuffled {shuffled:.3f} (same "
+        "colours, no layout; a model that copies from the right place loses here)",
         f"decoder correspondence: {corr['correspondence']:.3f} within 1 patch "
         f"(chance {corr['correspondence_chance']:.3f})",
         f"  per decoder block: visible f2 patches {by_block('visible')}; masked "

@@ -18,7 +18,7 @@ SCORES = {
     "random-init": {"J&F-Mean": 0.3, "J-Mean": 0.32, "F-Mean": 0.28},
 }
 MEASURES = {
-    "past_frame": (0.6061, 1.5949),
+    "past_frame": {"true": 0.6061, "other": 1.5949, "shuffled": 0.7},
     "correspondence": {
         "correspondence": 0.2,
         "correspondence_chance": 0.118,
@@ -36,8 +36,11 @@ def test_summary_has_the_interface_lines(tmp_path):
 
     text = demo.summary(epath.Path(tmp_path), MEASURES, SCORES).splitlines()
     assert text[0] == "past-frame use: loss with true f1 0.606 vs other-video f1 1.595"
-    assert text[1] == "decoder correspondence: 0.200 within 1 patch (chance 0.118)"
-    assert "visible f2 patches 0.310, 0.200; masked 0.250, 0.130" in text[2]
+    assert text[1].startswith(
+        "  layout use: loss with true f1's patches shuffled 0.700"
+    )
+    assert text[2] == "decoder correspondence: 0.200 within 1 patch (chance 0.118)"
+    assert "visible f2 patches 0.310, 0.200; masked 0.250, 0.130" in text[3]
     assert "pre-trained encoder: J&F 0.400 (J 0.450, F 0.350)" in text
     assert "random-init encoder: J&F 0.300 (J 0.320, F 0.280)" in text
     assert any(re.match(r"pictures: .*summary\.png", line) for line in text)

@@ -32,8 +32,31 @@ def _copy_model(f1, f2, key, attention):
 
 
 def test_past_frame_use_sees_the_gap(held):
-    true, other = learning.past_frame_use(_copy_model, held, jax.random.key(0))
-    assert true < other
+    past = learning.past_frame_use(_copy_model, held, jax.random.key(0), PATCH)
+    assert past.true < past.other
+    assert past.true < past.shuffled  # copying needs the layout, not only colours
+
+
+def _palette_model(f1, f2, key, attention):
+    """A 'model' that reads only f1's mean colour: blind to the layout."""
+    colour = lambda f: np.asarray(f).mean((1, 2))  # noqa: E731
+    return types.SimpleNamespace(loss=np.mean((colour(f1) - colour(f2)) ** 2))
+
+
+def test_shuffled_past_frame_keeps_colours_and_moves_every_patch(held):
+    past = learning.past_frame_use(_palette_model, held, jax.random.key(0), PATCH)
+    assert past.shuffled == pytest.approx(past.true, rel=1e-5)
+    assert past.other > past.true
+    frames = held.frames[:, 0]
+    shuffled = learning.shuffle_patches(frames, PATCH, seed=1)
+    tiles = lambda f: f.reshape(-1, 4, PATCH, 4, PATCH, 3).swapaxes(2, 3)  # noqa: E731
+    a = tiles(frames).reshape(len(frames), 16, -1)
+    b = tiles(shuffled).reshape(len(frames), 16, -1)
+    for i in range(len(frames)):  # the same tiles, none left in its place
+        assert sorted(map(bytes, a[i])) == sorted(map(bytes, b[i]))
+        assert not any(np.array_equal(a[i, k], b[i, k]) for k in range(16))
+    with pytest.raises(ValueError, match="tiles"):
+        learning.shuffle_patches(frames[:, :30], PATCH)
 
 
 def _attention_model(*guess_fns):

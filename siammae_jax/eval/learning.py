@@ -2,7 +2,10 @@
 
 a. **Past-frame use**: the masked-patch loss with the true f1 against the same
    f2 and mask with f1 taken from another video. A model that learned to copy
-   from the past frame has a clear gap.
+   from the past frame has a clear gap. A third f1, the true one with its
+   patches shuffled, keeps the frame's colours and patch statistics but not its
+   layout: a model that only reads the past frame's palette loses nothing to
+   the shuffle, one that copies from the right place does.
 b. **Decoder correspondence**: for each f2 patch, the f1 patch with the
    highest cross-attention (heads averaged) against the true position given by
    the synthetic motion; the fraction within one patch (Chebyshev distance <= 1
@@ -66,13 +69,51 @@ def heldout_pairs(
     return HeldOut(stack, tuple(v.motion() for v in vids), t1, t1 + gap)
 
 
-def past_frame_use(apply: Apply, held: HeldOut, key: jax.Array) -> tuple[float, float]:
-    """(loss with the true f1, loss with f1 from the next video): same f2, same mask."""
+class PastFrame(NamedTuple):
+    """Masked-patch losses (a) of the same f2 and mask with three past frames.
+
+    true: the video's own f1.
+    other: f1 of another video (the next one of the held-out set).
+    shuffled: the own f1 with its patches permuted (no patch stays in place).
+    """
+
+    true: float
+    other: float
+    shuffled: float
+
+
+def shuffle_patches(frames: np.ndarray, patch: int, seed: int = 0) -> np.ndarray:
+    """[B, H, W, C] frames with their ``patch``-size tiles moved, none in place.
+
+    Each frame gets its own cyclic permutation of a random tile order (a
+    derangement), so colours and tile statistics stay and the layout goes.
+    """
+    b, height, width, c = frames.shape
+    h, w = height // patch, width // patch
+    if h * patch != height or w * patch != width or h * w < 2:
+        raise ValueError(f"frames {frames.shape[1:3]} are not >= 2 tiles of {patch}")
+    tiles = frames.reshape(b, h, patch, w, patch, c).transpose(0, 1, 3, 2, 4, 5)
+    tiles = tiles.reshape(b, h * w, patch, patch, c)
+    rng = np.random.default_rng(seed)
+    out = np.empty_like(tiles)
+    for i in range(b):
+        order = rng.permutation(h * w)
+        out[i, order] = tiles[i, np.roll(order, 1)]
+    out = out.reshape(b, h, w, patch, patch, c).transpose(0, 1, 3, 2, 4, 5)
+    return out.reshape(frames.shape)
+
+
+def past_frame_use(
+    apply: Apply, held: HeldOut, key: jax.Array, patch: int
+) -> PastFrame:
+    """Losses with the true, another video's and the patch-shuffled true f1."""
     x = pairs_lib.normalize(held.frames)
     f1, f2 = x[:, 0], x[:, 1]
-    true = float(apply(f1, f2, key, False).loss)
-    other = float(apply(np.roll(f1, 1, axis=0), f2, key, False).loss)
-    return true, other
+    return PastFrame(
+        true=float(apply(f1, f2, key, False).loss),
+        other=float(apply(np.roll(f1, 1, axis=0), f2, key, False).loss),
+        shuffled=float(apply(shuffle_patches(f1, patch), f2, key, False).loss),
+    )
 
 
 def _true_patches(held: HeldOut, patch: int, grid: tuple[int, int]):
