@@ -73,7 +73,9 @@ def measures(config, state, workdir: epath.Path, videos: int) -> dict:
             params, model_def.buffers, f1, f2, key, return_attention=attention_maps
         )
 
-    held = learning.heldout_pairs(1, videos, config.model.image_size)
+    held = learning.heldout_pairs(
+        1, videos, config.model.image_size, gap=config.train.measure_gap
+    )
     key = jax.random.key(123)
     past = learning.past_frame_use(apply, held, key, model_def.patch)
     out = {"past_frame": past._asdict()}

@@ -16,13 +16,14 @@ from pathlib import Path
 import grain
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
 
 from configs import siammae as siammae_config
 from siammae_jax import export, interop
-from siammae_jax.eval import encoder
+from siammae_jax.eval import encoder, learning
 from siammae_jax.models import vit
 from siammae_jax.train import checkpoint, optim
 from siammae_jax.train import config as config_lib
@@ -125,6 +126,40 @@ def test_exports_load_in_a_fresh_process(trained, tmp_path):
     want = _reference_features(params, images)
     for got in np.load(tmp_path / "features.npy"):
         np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_checkpoint_params_from_a_relative_path_and_the_probe(trained, monkeypatch):
+    """The whole model restores from a path relative to the working directory
+    (orbax itself wants absolute ones), and benchmarks/learning_probe.py reads
+    it: its per-gap row repeats the learning measures computed here."""
+    workdir, params = trained
+    monkeypatch.chdir(workdir.parent)
+    restored, model_cfg, state_dir = encoder.load_checkpoint_params(workdir.name)
+    assert state_dir == workdir / "checkpoints" / "5" / "state"
+    assert model_cfg["encoder"] == "test/8" and set(restored) >= {"encoder"}
+    for got, want in zip(
+        jax.tree.leaves(restored["encoder"]), jax.tree.leaves(params), strict=True
+    ):
+        np.testing.assert_array_equal(got, want)
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import learning_probe
+
+    table = learning_probe.probe(workdir.name, [2], videos=2, seed=4).splitlines()
+    cells = [c.strip() for c in table[-1].strip("|").split("|")]
+    assert cells[0] == "2" and len(cells) == 9
+    model_def = state_lib.ModelDef(
+        config_lib.model_kwargs(ml_collections.ConfigDict({"model": model_cfg})),
+        [],
+    )
+
+    def apply(f1, f2, key, attention):
+        return model_def.apply(
+            restored, model_def.buffers, f1, f2, key, return_attention=attention
+        )
+
+    held = learning.heldout_pairs(4, 2, 32, gap=2)
+    past = learning.past_frame_use(apply, held, jax.random.key(0), 8)
+    assert cells[1:4] == [f"{v:.3f}" for v in past]
 
 
 def test_save_encoder_from_params_and_model(trained, tmp_path):

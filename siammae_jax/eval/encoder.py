@@ -108,8 +108,13 @@ def flatten(tree, sep: str = "/", prefix: str = ""):
         yield prefix[: -len(sep)], tree
 
 
-def load_checkpoint_encoder(path: str | epath.Path) -> tuple[vit.ViT, dict]:
-    """The encoder of a training checkpoint, and the model config saved with it."""
+def load_checkpoint_params(path: str | epath.Path) -> tuple[dict, dict, epath.Path]:
+    """(all model parameters, saved model config, state folder) of a training
+    checkpoint (a workdir, its checkpoints folder or a step folder), restored
+    onto this process's first device."""
+    path = epath.Path(path)
+    if "://" not in str(path):  # orbax wants absolute local paths
+        path = path.resolve()
     step_dir = resolve_step_dir(path)
     model_cfg = saved_model_config(step_dir)
     checkpointer = ocp.StandardCheckpointer()
@@ -119,9 +124,14 @@ def load_checkpoint_encoder(path: str | epath.Path) -> tuple[vit.ViT, dict]:
         lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one),
         checkpointer.metadata(state_dir).item_metadata,
     )
-    params = checkpointer.restore(state_dir, target)["params"]["encoder"]
+    return checkpointer.restore(state_dir, target)["params"], model_cfg, state_dir
+
+
+def load_checkpoint_encoder(path: str | epath.Path) -> tuple[vit.ViT, dict]:
+    """The encoder of a training checkpoint, and the model config saved with it."""
+    params, model_cfg, state_dir = load_checkpoint_params(path)
     model = build_encoder(model_cfg["encoder"], model_cfg["image_size"])
-    return set_params(model, params, str(state_dir)), model_cfg
+    return set_params(model, params["encoder"], str(state_dir)), model_cfg
 
 
 def random_encoder(size: str, image_size: int = 224, seed: int = 0) -> vit.ViT:

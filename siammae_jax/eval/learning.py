@@ -63,6 +63,8 @@ def heldout_pairs(
     64-px synthetic video moves a median point by ~14 px, so the same-position
     guess is within one 8-px patch of the truth for only ~1/3 of the patches.
     """
+    if not 1 <= gap < frames:
+        raise ValueError(f"gap={gap} frames must be in [1, {frames - 1}] ({frames=}).")
     t1 = (frames - 1 - gap) // 2
     vids = [synthetic.make_video(seed, i, frames, (size, size)) for i in range(videos)]
     stack = np.stack([v.frames[[t1, t1 + gap]] for v in vids])

@@ -243,7 +243,10 @@ def _make_measures(config, model_def: state_lib.ModelDef):
     if not config.train.measure_every:
         return None
     held = learning.heldout_pairs(
-        config.seed + 1000, config.train.measure_videos, config.model.image_size
+        config.seed + 1000,
+        config.train.measure_videos,
+        config.model.image_size,
+        gap=config.train.measure_gap,
     )
 
     @functools.partial(jax.jit, static_argnums=4)
