@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
@@ -93,6 +94,11 @@ def measures(config, state, workdir: epath.Path, videos: int) -> dict:
     from PIL import Image
 
     Image.fromarray(grid).save(metrics_png)
+    picture = learning.correspondence_picture(
+        apply, dataclasses.replace(held, frames=held.frames[:4], motions=held.motions[:4]), key,
+        model_def.patch, scale=3, per_row=2,
+    )  # fmt: skip
+    pictures.save(workdir / "pictures" / "correspondence.png", picture)
     return out
 
 
@@ -132,7 +138,12 @@ def summary_picture(workdir: epath.Path, scores: dict) -> epath.Path:
         (
             "reconstructions (rows: f1 | f2 masked | reconstruction | f2)",
             load(pics / "reconstruction.png"),
-        )
+        ),
+        (
+            "decoder cross-attention of a masked f2 patch (red) over f1: bright = "
+            "attended, yellow = peak, green = true source",
+            load(pics / "correspondence.png"),
+        ),
     ]
     for name in ("pre-trained", "random-init"):
         first = sorted((workdir / "davis" / name / "overlays").glob("*.png"))[0]
@@ -170,7 +181,7 @@ def summary(workdir: epath.Path, m: dict, scores: dict) -> str:
         )
     lines += [
         f"pictures: {workdir / 'pictures'} (summary.png, reconstruction.png, "
-        "attention.png/.mp4), "
+        "correspondence.png, attention.png/.mp4), "
         f"{workdir / 'davis' / 'pre-trained' / 'overlays'}",
         f"logs: tensorboard --logdir {workdir}  (scalars also in "
         f"{workdir / 'metrics.jsonl'}); checkpoints: {workdir / 'checkpoints'}",

@@ -54,6 +54,7 @@ def test_summary_picture_stacks_reconstruction_and_overlays(tmp_path):
     Image.new("RGB", (256, 128), (10, 20, 30)).save(
         root / "pictures/reconstruction.png"
     )
+    Image.new("RGB", (512, 128), (0, 90, 0)).save(root / "pictures/correspondence.png")
     for name in SCORES:
         (root / "davis" / name / "overlays").mkdir(parents=True)
         Image.new("RGB", (200, 50), (200, 0, 0)).save(
@@ -61,10 +62,12 @@ def test_summary_picture_stacks_reconstruction_and_overlays(tmp_path):
         )
     path = demo.summary_picture(root, SCORES)
     image = np.asarray(Image.open(path))
-    # Three panels scaled to 768 px wide (384 + 192 + 192 high) under 16-px captions.
-    assert image.shape == (3 * 16 + 384 + 192 + 192, 768, 3)
+    # Four panels scaled to 768 px wide (384 + 192 + 192 + 192 high) under 16-px
+    # captions: reconstructions, decoder attention, then the two overlays.
+    assert image.shape == (4 * 16 + 384 + 3 * 192, 768, 3)
     assert (image[16 + 10, 10] == (10, 20, 30)).all()
-    assert (image[16 + 384 + 16 + 10, 10] == (200, 0, 0)).all()
+    assert (image[16 + 384 + 16 + 10, 10] == (0, 90, 0)).all()
+    assert (image[16 + 384 + 16 + 192 + 16 + 10, 10] == (200, 0, 0)).all()
 
 
 def test_captioned_column_keeps_aspect():

@@ -120,3 +120,38 @@ def test_correspondence_perfect_and_wrong(held):
         for i, q in zip(*np.nonzero(odd), strict=True)
     ]
     assert copy.last == pytest.approx(np.mean(own_odd))
+
+
+def test_correspondence_picture_boxes_the_peak_and_the_truth(held):
+    truth, visible = learning._true_patches(held, PATCH, (4, 4))
+    inside = np.all((truth >= 0) & (truth < 4), -1)
+    flat = np.where(inside, truth[..., 0] * 4 + truth[..., 1], 0)
+    perfect = lambda i, q: int(flat[i, q])  # noqa: E731
+    corner = lambda i, q: 0 if flat[i, q] > 5 else 15  # noqa: E731  far from truth
+    rows = int((visible & inside)[:, ::2].any(1).sum())  # pairs with a masked query
+    scale = 2
+    height = rows * (SIZE * scale + 2) - 2
+    colours = {}
+    for name, fn in (("perfect", perfect), ("corner", corner)):
+        image = learning.correspondence_picture(
+            _attention_model(fn), held, None, PATCH, scale=scale
+        )
+        assert image.shape == (height, 2 * SIZE * scale + 2, 3)
+        half = SIZE * scale + 2
+        colours[name] = [
+            int(np.all(image[:, half:] == c, -1).sum())
+            for c in ((255, 220, 0), (0, 220, 0))
+        ]
+        assert np.all(image[:, :half] == (255, 0, 0), -1).sum() > 0  # the query
+    # The peak's yellow box is hidden under the truth's green one only when the
+    # attention peaks at the truth.
+    assert colours["perfect"][0] == 0 and colours["perfect"][1] > 0
+    assert colours["corner"][0] > 0 and colours["corner"][1] > 0
+    grid = learning.correspondence_picture(
+        _attention_model(perfect), held, None, PATCH, scale=scale, per_row=2
+    )
+    assert grid.shape == (
+        -(-rows // 2) * (SIZE * scale + 2) - 2,
+        2 * (2 * SIZE * scale + 2) + 8,
+        3,
+    )
