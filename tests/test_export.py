@@ -144,7 +144,7 @@ def test_checkpoint_params_from_a_relative_path_and_the_probe(trained, monkeypat
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import learning_probe
 
-    table = learning_probe.probe(workdir.name, [2], videos=2, seed=4).splitlines()
+    table = learning_probe.probe([workdir.name], [2], videos=2, seed=4).splitlines()
     cells = [c.strip() for c in table[-1].strip("|").split("|")]
     assert cells[0] == "2" and len(cells) == 9
     model_def = state_lib.ModelDef(

@@ -1,13 +1,15 @@
-"""Pre-training the tiny config learns to use the past frame (slow: ~4 minutes).
+"""Pre-training the tiny config learns to copy from the right place in f1 (slow).
 
 One ``python -m siammae_jax.main`` run of the ``tiny`` config (the demo's) for
-STEPS steps on its embedded synthetic videos, measured at the end by
-``siammae_jax.eval.learning`` on 40 held-out videos. The margins come from the
-learning-signal study (BENCHMARKS.md, "Learning signal", 3 seeds): at 300 steps
-the past-frame gap was 0.73 ± 0.07 and the first decoder block's attention of
-masked f2 patches fell within one patch of the truth for 0.23 ± 0.02 of them
-against a chance rate of 0.125 (0.09-0.10 at initialisation). The last block's
-correspondence is not asserted: at this budget it stays near chance.
+STEPS steps on its embedded synthetic videos (~3 minutes), measured at the end
+by ``siammae_jax.eval.learning`` on 40 held-out pairs 4 frames apart. The
+margins come from the learning-signal study (BENCHMARKS.md, "Learning signal",
+table A: the same 600-step schedule, 3 seeds): past-frame gap 0.87 ± 0.03;
+layout gap (patch-shuffled f1 minus true f1) 0.086 ± 0.009, lowest 0.077;
+last-block correspondence 0.970 ± 0.001 for masked f2 patches and 0.91 ± 0.06
+for visible ones (lowest 0.85), against a chance rate of 0.12. A 300-step
+schedule reaches only about half of that (0.57 masked, 0.43 visible), which is
+why the test trains for 600.
 """
 
 import json
@@ -19,14 +21,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = 300
+STEPS = 600
 PAST_FRAME_MARGIN = 0.5
-CORRESPONDENCE_KEY = "correspondence_masked_block0"
-CHANCE_MARGIN = 0.05
+LAYOUT_MARGIN = 0.04
+MASKED_MARGIN = 0.6  # above chance, last decoder block, masked f2 patches
+VISIBLE_MARGIN = 0.4  # above chance, last decoder block, visible f2 patches
 
 
 @pytest.mark.slow
-def test_tiny_pretraining_learns_to_use_the_past_frame(tmp_path):
+def test_tiny_pretraining_learns_to_copy_from_the_right_place(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one device
     subprocess.run(
         [
@@ -48,9 +51,16 @@ def test_tiny_pretraining_learns_to_use_the_past_frame(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").open()]
     m = [r for r in rows if "correspondence" in r][-1]
     assert m["step"] == STEPS
-    # (a) copying from the true past frame: far lower loss than another video's.
+    # (a) copying from the true past frame: far lower loss than another video's,
+    # and lower than the same frame with its patches shuffled (layout, not colour).
     gap = m["past_frame_loss_other"] - m["past_frame_loss_true"]
     assert gap > PAST_FRAME_MARGIN, m
-    # (b) the first decoder block attends near where masked f2 patches came from.
-    corr = m[CORRESPONDENCE_KEY]
-    assert corr > m["correspondence_chance"] + CHANCE_MARGIN, m
+    layout = m["past_frame_loss_shuffled"] - m["past_frame_loss_true"]
+    assert layout > LAYOUT_MARGIN, m
+    # (b) the last decoder block attends within one patch of where f2's patches
+    # came from in f1, far above chance.
+    chance = m["correspondence_chance"]
+    blocks = [k for k in m if k.startswith("correspondence_masked_block")]
+    last = max(blocks, key=lambda k: int(k.rsplit("block", 1)[1]))
+    assert m[last] > chance + MASKED_MARGIN, m
+    assert m["correspondence"] > chance + VISIBLE_MARGIN, m
