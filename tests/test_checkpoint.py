@@ -28,3 +28,15 @@ def test_relative_directory_save_and_restore(tmp_path, monkeypatch):
     assert next(fresh) == 2
     assert ckpt.saved_config(3)["model"]["encoder"] == "test/8"
     ckpt.close()
+
+
+def test_model_changes_name_what_blocks_a_resume():
+    from siammae_jax.train import loop  # imports TensorFlow (clu): only here
+
+    saved = {"encoder": "demo/8", "decoder_depth": 2, "dtype": "float32"}
+    now = {"encoder": "demo/8", "decoder_depth": 1, "dtype": "bfloat16"}
+    assert loop.model_changes(saved, now) == ["decoder_depth: 2 -> 1"]
+    assert loop.model_changes(saved, {**saved, "dtype": "bfloat16"}) == []
+    # JSON turned the saved tuples into lists: not a change.
+    assert loop.model_changes({"size": [64, 64]}, {"size": (64, 64)}) == []
+    assert loop.model_changes({}, {"mask_ratio": 0.9}) == ["mask_ratio: None -> 0.9"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import signal
 import time
 from typing import Any
@@ -164,12 +165,36 @@ def _log_memory(abstract: state_lib.TrainState, memory) -> None:
     )
 
 
+def model_changes(saved: dict, now: dict) -> list[str]:
+    """``field: saved -> now`` for every model field that differs, except the
+    compute dtype (parameters are float32 either way)."""
+    saved, now = json.loads(json.dumps(saved)), json.loads(json.dumps(now))
+    return [
+        f"{k}: {saved.get(k)!r} -> {now.get(k)!r}"
+        for k in sorted(set(saved) | set(now))
+        if k != "dtype" and saved.get(k) != now.get(k)
+    ]
+
+
 def restore_or_init(run: Run) -> state_lib.TrainState:
-    """The latest complete checkpoint's state (and data position), else a new one."""
+    """The latest complete checkpoint's state (and data position), else a new one.
+
+    Raises:
+      ValueError: the checkpoint was written with another model config (a
+        workdir reused after a config change), naming the fields that differ.
+    """
     latest = run.ckpt.latest_step()
     if latest is None:
         logging.info("no checkpoint in %s: starting from scratch", run.ckpt.directory)
         return state_lib.create_state(run.model_def, run.tx, run.mesh, run.config.seed)
+    saved = run.ckpt.saved_config(latest).get("model", {})
+    changes = model_changes(saved, run.config.model.to_dict())
+    if changes:
+        raise ValueError(
+            f"the checkpoint at step {latest} in {run.ckpt.directory} was written "
+            f"with another model ({'; '.join(changes)}): use a new --workdir, or "
+            "the old config to resume."
+        )
     logging.info("resuming from step %d", latest)
     return run.ckpt.restore(latest, run.abstract_state, run.data)
 
