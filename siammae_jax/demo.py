@@ -4,10 +4,11 @@
    seed) with DAVIS-layout ground truth and known motion;
 2. pre-trains the ``tiny`` config (``siammae_jax.train.loop.run``), which
    logs loss, learning measures and reconstructions to TensorBoard;
-3. measures on the held-out videos: past-frame use, decoder correspondence,
-   and DAVIS-style J&F of the frozen encoder against a random-init encoder;
-4. writes pictures (reconstructions, propagation overlays, [CLS] attention)
-   and prints a one-screen summary.
+3. measures on the held-out videos: past-frame use (with another video's and
+   a patch-shuffled f1), decoder correspondence, and DAVIS-style J&F of the
+   frozen encoder against a random-init encoder;
+4. writes pictures (reconstructions, where the decoder looks in f1,
+   propagation overlays, [CLS] attention) and prints a one-screen summary.
 
 ``--quick`` is the ~3-minute version (``make demo QUICK=1``).
 """
