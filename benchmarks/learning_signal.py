@@ -11,9 +11,10 @@ For every seed, ``siammae_jax.train.loop.run`` trains the config in its own
 workdir (``<out>/<tag>/seed<k>``; a finished run is not trained again) with
 ``train.measure_every`` set, so the loop logs the measures of
 ``siammae_jax.eval.learning`` on held-out synthetic videos to ``metrics.jsonl``:
-(a) past-frame use (masked-patch loss with the true f1 vs f1 of another video)
-and (b) decoder correspondence (fraction within 1 patch for the last and the
-first decoder block, against the chance rate and the same-position guess).
+(a) past-frame use (masked-patch loss with the true f1 vs f1 of another video
+and vs the true f1 with its patches shuffled) and (b) decoder correspondence
+(fraction within 1 patch for every decoder block, against the chance rate and
+the same-position guess), on held-out pairs ``train.measure_gap`` frames apart.
 At the end of each run, (c) DAVIS-style J&F of label propagation with the
 frozen pre-trained encoder vs a random-init encoder of the same size, on
 ``--heldout_videos`` synthetic videos of seed 1 (as ``make demo``).
