@@ -33,7 +33,7 @@ from siammae_jax.train import logs, loop, metrics
 _WORKDIR = flags.DEFINE_string("workdir", "demo_out", "Where everything is written.")
 _QUICK = flags.DEFINE_bool("quick", False, "The ~3-minute version.")
 _STEPS = flags.DEFINE_integer(
-    "steps", None, "Training steps (default 1000; 250 quick)."
+    "steps", None, "Training steps (default 1000; 500 quick)."
 )
 _HELDOUT = flags.DEFINE_integer(
     "heldout_videos", None, "Held-out videos (40; 16 quick)."
@@ -195,7 +195,7 @@ def main(argv):
     logs.quiet_library_logs()
     workdir = epath.Path(_WORKDIR.value)
     workdir.mkdir(parents=True, exist_ok=True)
-    steps = _STEPS.value or (250 if _QUICK.value else 1000)
+    steps = _STEPS.value or (500 if _QUICK.value else 1000)
     videos = _HELDOUT.value or (16 if _QUICK.value else 40)
     start = time.time()
     config, state = train(workdir, steps)
