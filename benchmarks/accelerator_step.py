@@ -38,7 +38,6 @@ from siammae_jax.data import synthetic
 from siammae_jax.models import flops
 from siammae_jax.train import config as config_lib
 from siammae_jax.train import mesh as mesh_lib
-from siammae_jax.train import optim
 from siammae_jax.train import state as state_lib
 from siammae_jax.train import step as step_lib
 
@@ -66,34 +65,22 @@ def matmul_tflops(dtype: str, n: int = 8192, repeats: int = 10) -> float:
 
 
 def build(variant: str, batch: int, dtype: str):
-    """(config, model_def, compiled step, state, memory analysis, compile s)."""
+    """(config, model_def, compiled step, state, memory analysis, build s)."""
     config = checkout_configs.get_config(variant)
     config.batch_size = batch
     config.model.dtype = dtype
     mesh = mesh_lib.make_mesh(config.mesh.to_dict())
-    rules = [tuple(r) for r in config.sharding_rules]
-    model_def = state_lib.ModelDef(config_lib.model_kwargs(config), rules)
-    lr = optim.schedule(1.5e-4 * batch / 256, 1000, 100, config.optim.end_lr)
-    o = config.optim
-    tx = optim.make_optimizer(
-        lr, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, grad_clip=o.grad_clip
+    schedule = config_lib.Schedule(
+        total_steps=1000,
+        warmup_steps=100,
+        steps_per_epoch=1.0,
+        peak_lr=config.optim.base_lr * batch / config.optim.lr_reference_batch,
     )
-    step_fn = step_lib.make_train_step(model_def, tx, lr)
-    size = config.model.image_size
-    shapes = {"frames": jax.ShapeDtypeStruct((batch, 2, size, size, 3), np.uint8)}
     start = time.perf_counter()
-    compiled, memory = step_lib.compile_step(
-        step_fn,
-        state_lib.state_shardings(model_def, tx, mesh),
-        state_lib.abstract_state(model_def, tx, mesh),
-        model_def,
-        mesh,
-        rules,
-        shapes,
-    )
+    built = step_lib.build(config, mesh, schedule)
     compile_s = time.perf_counter() - start
-    state = state_lib.create_state(model_def, tx, mesh, seed=0)
-    return config, model_def, compiled, state, memory, compile_s
+    state = state_lib.create_state(built.model_def, built.tx, mesh, seed=0)
+    return config, built.model_def, built.compiled, state, built.memory, compile_s
 
 
 def throughput(variant: str, batch: int, dtype: str, steps: int, peaks: dict):

@@ -24,7 +24,7 @@ from etils import epath
 from siammae_jax.data import pipeline, sources, synthetic
 from siammae_jax.eval import learning
 from siammae_jax.models import flops
-from siammae_jax.train import checkpoint, metrics, optim
+from siammae_jax.train import checkpoint, metrics
 from siammae_jax.train import config as config_lib
 from siammae_jax.train import mesh as mesh_lib
 from siammae_jax.train import state as state_lib
@@ -95,34 +95,10 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     workdir = epath.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     mesh = mesh_lib.make_mesh(config.mesh.to_dict())
-    rules = [tuple(r) for r in config.sharding_rules]
     source = open_data(config, workdir)
     schedule = config_lib.schedule(config, len(source))
-    kwargs = config_lib.model_kwargs(config)
-    model_def = state_lib.ModelDef(kwargs, rules)
-    o = config.optim
-    lr = optim.schedule(
-        schedule.peak_lr, schedule.total_steps, schedule.warmup_steps, o.end_lr
-    )
-    tx = optim.make_optimizer(
-        lr, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, grad_clip=o.grad_clip
-    )
-    step_fn = step_lib.make_train_step(model_def, tx, lr, accum_steps=o.accum_steps)
-    size = config.model.image_size
-    batch_shapes = {
-        "frames": jax.ShapeDtypeStruct((config.batch_size, 2, size, size, 3), np.uint8)
-    }
-    abstract = state_lib.abstract_state(model_def, tx, mesh)
-    compiled, memory = step_lib.compile_step(
-        step_fn,
-        state_lib.state_shardings(model_def, tx, mesh),
-        abstract,
-        model_def,
-        mesh,
-        rules,
-        batch_shapes,
-    )
-    _log_memory(abstract, memory)
+    built = step_lib.build(config, mesh, schedule)
+    _log_memory(built.abstract_state, built.memory)
     ckpt = checkpoint.Checkpointer(
         workdir / "checkpoints",
         every=config.checkpoint.every,
@@ -134,16 +110,16 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
         config=config,
         workdir=workdir,
         mesh=mesh,
-        model_def=model_def,
+        model_def=built.model_def,
         schedule=schedule,
-        step=compiled,
-        abstract_state=abstract,
-        tx=tx,
-        predict=_make_predict(model_def, config.seed),
-        measures=_make_measures(config, model_def),
+        step=built.compiled,
+        abstract_state=built.abstract_state,
+        tx=built.tx,
+        predict=_make_predict(built.model_def, config.seed),
+        measures=_make_measures(config, built.model_def),
         data=data_iterator(config, source),
         ckpt=ckpt,
-        flops_per_pair=flops.pair_flops(**kwargs)["train"],
+        flops_per_pair=flops.pair_flops(**built.model_def.model_kwargs)["train"],
     )
 
 

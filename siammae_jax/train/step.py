@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import jax
@@ -12,7 +13,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from siammae_jax.data import pairs
 from siammae_jax.models import layers
+from siammae_jax.train import config as config_lib
 from siammae_jax.train import mesh as mesh_lib
+from siammae_jax.train import optim
+from siammae_jax.train import state as state_lib
 from siammae_jax.train.state import ModelDef, TrainState
 
 
@@ -127,3 +131,56 @@ def compile_step(
         )
         compiled = lowered.compile()
     return compiled, compiled.memory_analysis()
+
+
+@dataclasses.dataclass(frozen=True)
+class Built:
+    """A config's model, optimizer and compiled train step; nothing run yet.
+
+    Attributes:
+      model_def: the model's structure and buffers.
+      tx: AdamW with the config's schedule.
+      abstract_state: the train state's shapes and shardings.
+      compiled: ``(state, buffers, batch, key) -> (state, metrics)``.
+      memory: the executable's memory analysis, or None.
+    """
+
+    model_def: ModelDef
+    tx: optax.GradientTransformation
+    abstract_state: TrainState
+    compiled: Callable
+    memory: object
+
+
+def build(config, mesh: Mesh, schedule) -> Built:
+    """Model, optimizer and ahead-of-time compiled step of ``config`` on ``mesh``.
+
+    Args:
+      config: a training config (``configs/siammae.py``).
+      mesh: the device mesh.
+      schedule: a ``siammae_jax.train.config.Schedule`` (steps and peak lr).
+    """
+    rules = [tuple(r) for r in config.sharding_rules]
+    model_def = ModelDef(config_lib.model_kwargs(config), rules)
+    o = config.optim
+    lr = optim.schedule(
+        schedule.peak_lr, schedule.total_steps, schedule.warmup_steps, o.end_lr
+    )
+    tx = optim.make_optimizer(
+        lr, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, grad_clip=o.grad_clip
+    )
+    size = config.model.image_size
+    shapes = {
+        "frames": jax.ShapeDtypeStruct((config.batch_size, 2, size, size, 3), jnp.uint8)
+    }
+    abstract = state_lib.abstract_state(model_def, tx, mesh)
+    compiled, memory = compile_step(
+        make_train_step(model_def, tx, lr, accum_steps=o.accum_steps),
+        state_lib.state_shardings(model_def, tx, mesh),
+        abstract,
+        model_def,
+        mesh,
+        rules,
+        shapes,
+    )
+    return Built(model_def, tx, abstract, compiled, memory)
