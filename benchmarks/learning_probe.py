@@ -20,6 +20,7 @@ one patch of motion show whether its attention follows the motion.
 from __future__ import annotations
 
 import argparse
+import functools
 
 import jax
 import ml_collections
@@ -51,18 +52,7 @@ def measure(checkpoint: str, gaps: list[int], videos: int, seed: int):
     kwargs = config_lib.model_kwargs(ml_collections.ConfigDict({"model": model_cfg}))
     model_def = state_lib.ModelDef(kwargs, [])
 
-    @jax.jit
-    def with_attention(f1, f2, key):
-        return model_def.apply(
-            params, model_def.buffers, f1, f2, key, return_attention=True
-        )
-
-    @jax.jit
-    def plain(f1, f2, key):
-        return model_def.apply(params, model_def.buffers, f1, f2, key)
-
-    def apply(f1, f2, key, attention):
-        return (with_attention if attention else plain)(f1, f2, key)
+    apply = functools.partial(learning.model_apply(model_def), params)
 
     key = jax.random.key(0)
     out = {}

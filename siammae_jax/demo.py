@@ -15,7 +15,7 @@
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import json
 import time
 
@@ -70,10 +70,7 @@ def measures(config, state, workdir: epath.Path, videos: int) -> dict:
     model_def = state_lib.ModelDef(loop.config_lib.model_kwargs(config), [])
     params = jax.device_get(state.params)
 
-    def apply(f1, f2, key, attention_maps):
-        return model_def.apply(
-            params, model_def.buffers, f1, f2, key, return_attention=attention_maps
-        )
+    apply = functools.partial(learning.model_apply(model_def), params)
 
     held = learning.heldout_pairs(
         1, videos, config.model.image_size, gap=config.train.measure_gap
@@ -91,14 +88,10 @@ def measures(config, state, workdir: epath.Path, videos: int) -> dict:
         patch=model_def.patch, norm_pix=config.model.norm_pix_loss,
     )  # fmt: skip
     (workdir / "pictures").mkdir(exist_ok=True)
-    metrics_png = workdir / "pictures" / "reconstruction.png"
-    from PIL import Image
-
-    Image.fromarray(grid).save(metrics_png)
+    pictures.save(workdir / "pictures" / "reconstruction.png", grid)
     picture = learning.correspondence_picture(
-        apply, dataclasses.replace(held, frames=held.frames[:4], motions=held.motions[:4]), key,
-        model_def.patch, scale=3, per_row=2,
-    )  # fmt: skip
+        apply, held.first(4), key, model_def.patch, scale=3, per_row=2
+    )
     pictures.save(workdir / "pictures" / "correspondence.png", picture)
     return out
 

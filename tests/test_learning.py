@@ -23,6 +23,8 @@ def test_heldout_pairs_are_frames_of_the_videos(held):
     np.testing.assert_array_equal(held.frames[2, 0], video.frames[held.t1])
     np.testing.assert_array_equal(held.frames[2, 1], video.frames[held.t2])
     assert held.t2 - held.t1 == 4
+    head = held.first(2)
+    assert head.frames.shape[0] == len(head.motions) == 2 and head.t1 == held.t1
     with pytest.raises(ValueError, match="gap=12 frames"):
         learning.heldout_pairs(seed=3, videos=1, size=SIZE, frames=12, gap=12)
 

@@ -25,6 +25,7 @@ c. **Encoder features**: DAVIS J&F of label propagation with the frozen
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -38,6 +39,23 @@ from siammae_jax.eval import pictures
 
 # (f1, f2, key, return_attention) -> siammae.Output; normalised float frames.
 Apply = Callable[..., object]
+
+
+def model_apply(model_def) -> Callable[..., object]:
+    """``(params, f1, f2, key, attention)`` -> the model's output, jitted once
+    per ``attention`` value; ``functools.partial(fn, params)`` is an ``Apply``.
+
+    Args:
+      model_def: a ``siammae_jax.train.state.ModelDef``.
+    """
+
+    @functools.partial(jax.jit, static_argnums=4)
+    def apply(params, f1, f2, key, attention):
+        return model_def.apply(
+            params, model_def.buffers, f1, f2, key, return_attention=attention
+        )
+
+    return apply
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +72,12 @@ class HeldOut:
     motions: tuple[dict, ...]
     t1: int
     t2: int
+
+    def first(self, n: int) -> HeldOut:
+        """The first ``n`` pairs."""
+        return dataclasses.replace(
+            self, frames=self.frames[:n], motions=self.motions[:n]
+        )
 
 
 def heldout_pairs(

@@ -250,11 +250,7 @@ def _make_measures(config, model_def: state_lib.ModelDef):
         gap=config.train.measure_gap,
     )
 
-    @functools.partial(jax.jit, static_argnums=4)
-    def apply(params, f1, f2, key, attention):
-        return model_def.apply(
-            params, model_def.buffers, f1, f2, key, return_attention=attention
-        )
+    apply = learning.model_apply(model_def)
 
     def measure(params, step: int) -> dict[str, float]:
         key = jax.random.fold_in(jax.random.key(config.seed + 2), step)
