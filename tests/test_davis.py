@@ -237,6 +237,31 @@ def test_hand_checked_sequence_through_files(tmp_path):
     assert [r["Sequence"] for r in rows] == ["square_1"]
 
 
+@pytest.mark.parametrize("axis", [0, 1])
+def test_tolerance_at_480p_hand_checked(axis):
+    """At 480x854 the tolerance is ceil(0.008 * 979.6) = 8 px, not 9 or 10.
+
+    The ground truth is a band across the whole image (rows, or columns, 100
+    to 299), so its 1-px boundary is two full lines: the line before the band
+    and the band's last line. A prediction that extends the band by ``s`` px
+    moves the second line by ``s``: within 8 px every boundary pixel is
+    matched (F = 1); at 9 px half of each boundary is (P = R = F = 1/2).
+    """
+    shape = (480, 854)
+    assert davis.tolerance(shape) == 8
+    length = shape[1 - axis]
+    gt = np.zeros(shape, np.uint8)
+    np.moveaxis(gt, axis, 0)[100:300] = 1
+    for extend, want_f in ((8, 1.0), (9, 0.5)):
+        pred = np.zeros(shape, np.uint8)
+        np.moveaxis(pred, axis, 0)[100 : 300 + extend] = 1
+        assert davis.boundary_map(gt).sum() == davis.boundary_map(pred).sum()
+        assert davis.boundary_map(gt).sum() == 2 * length
+        j, f = davis.frame_scores(gt, pred, 1)
+        assert j[0] == pytest.approx(200 / (200 + extend))
+        assert f[0] == pytest.approx(want_f), extend
+
+
 # ------------------------------------------------ against the reference
 
 

@@ -162,8 +162,69 @@ def test_paper_defaults_and_input_checks():
     assert (P.DAVIS.topk, P.DAVIS.queue, P.DAVIS.radius) == (7, 20, 20)
     assert (P.VIP.topk, P.VIP.queue, P.VIP.radius) == (10, 20, 8)
     assert P.JHMDB == P.DAVIS
+    default = P.PropagationConfig()
+    assert (default.topk, default.queue, default.radius) == (7, 20, 20.0)
+    assert default.temperature == 0.7 and default.queue_mode == "videowalk"
+    for preset in (P.DAVIS, P.VIP, P.JHMDB):
+        assert preset.temperature == 0.7 and preset.queue_mode == "videowalk"
     feats, labels = _random_video(3, 2, 2, 4, 2)
     with pytest.raises(ValueError, match="topk"):
         P.propagate(feats, labels, P.DAVIS)
     with pytest.raises(ValueError, match="first_labels"):
         P.propagate(feats, labels[:1], P.PropagationConfig(topk=2))
+
+
+# Every field of each benchmark section of ``eval/config.py`` (SIAMMAE.md,
+# "Evaluation": Table 4b plus our assumed temperature, queue mode and sizes).
+EVAL_DEFAULTS = {
+    "davis": dict(split="val", short_side=480, topk=7, queue=20, radius=20),
+    "jhmdb": dict(split=1, size=320, sigma=0.5, topk=7, queue=20, radius=20),
+    "vip": dict(split="val", long_side=880, topk=10, queue=20, radius=8),
+}
+
+
+@pytest.mark.parametrize("benchmark", sorted(EVAL_DEFAULTS))
+def test_eval_config_defaults_by_name(benchmark):
+    """Each benchmark section holds the protocol's values, field by field."""
+    from siammae_jax.eval import config, tasks
+
+    section = getattr(config.get_config(), benchmark)
+    want = {
+        **EVAL_DEFAULTS[benchmark],
+        "temperature": 0.7,
+        "queue_mode": "videowalk",
+        "chunk": 1024,
+    }
+    assert section.to_dict() == want
+    preset = {"davis": P.DAVIS, "jhmdb": P.JHMDB, "vip": P.VIP}[benchmark]
+    assert tasks.prop_config(section) == preset
+
+
+def _two_source_video() -> tuple[np.ndarray, np.ndarray]:
+    """A 1x2 video: frame 0 cells e0 (label A) and (0.6, 0.8) (label B).
+
+    Frame 1's cell 0 is e0, so its cosine affinities to the two sources are
+    1 and 0.6; frame 1's cell 1 is e1 (affinities 0 and 0.8).
+    """
+    feats = np.array(
+        [[[[1.0, 0.0], [0.6, 0.8]]], [[[1.0, 0.0], [0.0, 1.0]]]], np.float32
+    )
+    labels = np.array([[[1.0, 0.0], [0.0, 1.0]]], np.float32)
+    return feats, labels
+
+
+@pytest.mark.parametrize("fn", [P.propagate, P.propagate_reference])
+def test_softmax_temperature_hand_values(fn):
+    """Top-2 weights are softmax(cosine / temperature), 0.7 unless set.
+
+    With two sources of affinities a > b, the weight of the first is
+    1 / (1 + exp(-(a - b) / temperature)): 0.63909 for 1 vs 0.6 at 0.7
+    (0.59869 at temperature 1), 0.75820 for 0.8 vs 0 at 0.7.
+    """
+    feats, labels = _two_source_video()
+    got = fn(feats, labels, P.PropagationConfig(topk=2, queue=0))
+    np.testing.assert_allclose(got[1, 0, 0], [0.6390927, 0.3609073], atol=1e-6)
+    np.testing.assert_allclose(got[1, 0, 1], [0.2417962, 0.7582038], atol=1e-6)
+    # The configured temperature is the one used: 1 / (1 + exp(-0.4 / 0.35)).
+    sharp = fn(feats, labels, P.PropagationConfig(topk=2, queue=0, temperature=0.35))
+    np.testing.assert_allclose(sharp[1, 0, 0], [0.7582038, 0.2417962], atol=1e-6)
