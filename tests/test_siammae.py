@@ -161,3 +161,68 @@ def test_wrong_frame_shape(tiny_model):
     f1, f2 = _frames(batch=1)
     with pytest.raises(ValueError, match="image_size"):
         tiny_model(f1[:, :16], f2[:, :16], jax.random.key(0))
+
+
+@pytest.mark.parametrize("ratio", [0.95, 0.5])
+def test_restore_puts_each_visible_index_back_at_its_place(ratio):
+    """``restore`` is the inverse of the shuffle ``[visible..., masked...]``:
+    the decoder's sequence ``[visible tokens, fill]`` gathered with it puts
+    visible token j at patch ``visible[j]``, so ``restore[visible[j]] == j``;
+    masked patches get the indices >= K, and ``mask`` is 0 exactly there."""
+    n, b = 16, 6
+    visible, restore, mask = map(
+        np.asarray, siammae.random_mask(jax.random.key(7), b, n, ratio)
+    )
+    k = visible.shape[1]
+    for i in range(b):
+        assert sorted(restore[i]) == list(range(n))
+        for j, p in enumerate(visible[i]):
+            assert restore[i, p] == j
+        hidden = sorted(set(range(n)) - set(visible[i]))
+        assert sorted(restore[i, hidden]) == list(range(k, n))
+        want = np.ones(n, np.float32)
+        want[visible[i]] = 0.0
+        np.testing.assert_array_equal(mask[i], want)
+
+
+def _layer_norm(x, scale, bias, eps=1e-6):
+    mean = x.mean(-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(-1, keepdims=True)
+    return (x - mean) / np.sqrt(var + eps) * scale + bias
+
+
+def test_decoder_puts_visible_tokens_at_their_own_positions(tiny_model):
+    """With every decoder block's output projections zeroed, the blocks are
+    identity residuals and the prediction at f2 patch p depends on that token
+    alone: decoder_pred(norm(token_p + pos[p])), where token_p is
+    decoder_embed(z2 token j) when ``visible[j] == p`` and the mask token
+    elsewhere. Checked against numpy for a hand-made shuffle and distinct tokens.
+    """
+    model = nnx.clone(tiny_model)
+    for block in model.decoder_blocks:
+        for layer in (block.cross.out, block.attn.out, block.mlp.fc2):
+            layer.kernel.set_value(jnp.zeros_like(layer.kernel[...]))
+            layer.bias.set_value(jnp.zeros_like(layer.bias[...]))
+    rng = np.random.default_rng(0)
+    b, n, k, width = 2, 16, 5, model.encoder.width
+    shuffle = np.stack([rng.permutation(n) for _ in range(b)])  # [visible, masked]
+    restore = np.empty_like(shuffle)
+    for i in range(b):
+        restore[i, shuffle[i]] = np.arange(n)
+    z1 = rng.normal(size=(b, 1 + n, width)).astype(np.float32)
+    z2 = rng.normal(size=(b, 1 + k, width)).astype(np.float32)
+    pred, _ = model.decode(jnp.asarray(z1), jnp.asarray(z2), jnp.asarray(restore))
+
+    np_ = lambda v: np.asarray(v[...])  # noqa: E731
+    w_e, b_e = np_(model.decoder_embed.kernel), np_(model.decoder_embed.bias)
+    pos = np_(model.decoder_pos)[0, 1:]
+    mask_token = np_(model.mask_token).reshape(-1)
+    scale, bias = np_(model.decoder_norm.scale), np_(model.decoder_norm.bias)
+    w_p, b_p = np_(model.decoder_pred.kernel), np_(model.decoder_pred.bias)
+    want = np.empty(pred.shape, np.float32)
+    for i in range(b):
+        for p in range(n):
+            seen = list(shuffle[i, :k])  # visible token j came from patch seen[j]
+            token = z2[i, 1 + seen.index(p)] @ w_e + b_e if p in seen else mask_token
+            want[i, p] = _layer_norm(token + pos[p], scale, bias) @ w_p + b_p
+    np.testing.assert_allclose(pred, want, atol=1e-4)
