@@ -83,60 +83,130 @@ def _attention_model(*guess_fns):
     return apply
 
 
+# Hand-made held-out pairs: the whole frame pans by a known number of pixels
+# (f1 -> f2), so every f2 patch's true f1 patch is known without the code under
+# test: f2 patch (r, c) shows what f1 patch (r - dy / 8, c - dx / 8) showed.
+PAN = ((8, 8), (0, -16))  # (dy, dx) between f1 and f2, one pair each
+PAN_T1, PAN_T2 = 1, 3
+
+
+@pytest.fixture(scope="module")
+def pan():
+    """``HeldOut`` of pure pans: background only (labels 0), its affine the
+    translation texture -> frame by ``offset(t) = -32 + t * d / 2`` pixels, and
+    frames rendered from a random texture so that f_t[y, x] = tex[(y, x) - offset(t)].
+    """
+    rng = np.random.default_rng(0)
+    frames, motions = [], []
+    for d in PAN:
+        texture = rng.integers(0, 256, (SIZE + 64, SIZE + 64, 3), np.uint8)
+        offsets = [np.array(d) * t / (PAN_T2 - PAN_T1) - 32 for t in range(4)]
+        affine = np.zeros((4, 1, 2, 3))
+        affine[:, 0, 0, 0] = affine[:, 0, 1, 1] = 1.0
+        affine[:, 0, :, 2] = offsets
+        labels = np.zeros((4, SIZE, SIZE), np.uint8)
+        video = [
+            texture[-oy : -oy + SIZE, -ox : -ox + SIZE]
+            for oy, ox in (o.astype(int) for o in offsets)
+        ]
+        frames.append(np.stack([video[PAN_T1], video[PAN_T2]]))
+        motions.append({"affine": affine, "labels": labels})
+    return learning.HeldOut(np.stack(frames), tuple(motions), PAN_T1, PAN_T2)
+
+
+def _pan_truth():
+    """[B, 16, 2] true f1 patch of each f2 patch, [B, 16] whether it is in f1."""
+    own = np.stack(np.divmod(np.arange(16), 4), -1)
+    truth = np.stack([own - np.array(d) // PATCH for d in PAN])
+    return truth, np.all((truth >= 0) & (truth < 4), -1)
+
+
+def _tiles(frame):
+    return frame.reshape(4, PATCH, 4, PATCH, 3).swapaxes(1, 2)
+
+
+def test_pan_truth_is_what_the_pixels_show(pan):
+    """The hand truth agrees with the rendered frames (f2's tile is f1's tile at
+    the true patch) and ``_true_patches`` finds it, f2 -> f1 (not f1 -> f2)."""
+    truth, inside = _pan_truth()
+    for i in range(len(PAN)):
+        f1, f2 = _tiles(pan.frames[i, 0]), _tiles(pan.frames[i, 1])
+        for q in np.flatnonzero(inside[i]):
+            np.testing.assert_array_equal(f2[divmod(q, 4)], f1[tuple(truth[i, q])])
+        assert 4 <= inside[i].sum() < 16
+    where, seen = learning._true_patches(pan, PATCH, (4, 4))
+    np.testing.assert_array_equal(where, truth)
+    np.testing.assert_array_equal(seen, inside)
+
+
 def _within_one(a, b):
     return max(abs(a[0] - b[0]), abs(a[1] - b[1])) <= 1
 
 
-def test_correspondence_perfect_and_wrong(held):
-    truth, visible = learning._true_patches(held, PATCH, (4, 4))
-    inside = np.all((truth >= 0) & (truth < 4), -1)
+def _far_from(cell):
+    """The grid corner farthest from ``cell`` (>= 2 patches away on a 4x4 grid)."""
+    corners = [(0, 0), (0, 3), (3, 0), (3, 3)]
+    return max(corners, key=lambda rc: max(abs(rc[0] - cell[0]), abs(rc[1] - cell[1])))
+
+
+def test_correspondence_perfect_and_wrong(pan):
+    """Against the hand truth of the pans: attending to it scores 1.0, attending
+    where f2's content goes instead of where it came from (f1 -> f2) scores 0."""
+    truth, inside = _pan_truth()
     flat = np.where(inside, truth[..., 0] * 4 + truth[..., 1], 0)
     perfect = lambda i, q: int(flat[i, q])  # noqa: E731
-    far = lambda i, q: int(15 - flat[i, q]) if flat[i, q] in (0, 15) else 0  # noqa: E731
-    # Block 0 attends to the truth, block 1 (the last, the headline) far from it.
+    own = np.stack(np.divmod(np.arange(16), 4), -1)
+
+    def backwards(i, q):  # the f1 -> f2 direction: 2 x the pan away from the truth
+        r, c = own[q] + np.array(PAN[i]) // PATCH
+        if 0 <= r < 4 and 0 <= c < 4:
+            return int(r * 4 + c)
+        r, c = _far_from(truth[i, q])
+        return r * 4 + c
+
+    # Block 0 attends to the truth, block 1 (the last, the headline) backwards.
     corr = learning.decoder_correspondence(
-        _attention_model(perfect, far), held, None, PATCH, draws=2
+        _attention_model(perfect, backwards), pan, None, PATCH, draws=2
     )
     assert corr.masked[0] == corr.visible[0] == pytest.approx(1.0)
-    assert corr.masked[1] < 0.5 and corr.visible[1] < 0.5
+    assert corr.masked[1] == corr.visible[1] == 0.0
     scalars = corr.scalars()
     assert scalars["correspondence"] == corr.last == corr.visible[1]
     assert scalars["correspondence_masked_block0"] == corr.masked[0]
     # Chance and the same-position guess, independently, over the valid patches.
-    valid = visible & inside
     cells = [(r, c) for r in range(4) for c in range(4)]
-    share = [sum(_within_one(t, rc) for rc in cells) / 16 for t in truth[valid]]
+    share = [sum(_within_one(t, rc) for rc in cells) / 16 for t in truth[inside]]
     assert corr.chance == pytest.approx(np.mean(share))
-    own = [
+    same = [
         _within_one(truth[i, q], divmod(q, 4))
-        for i, q in zip(*np.nonzero(valid), strict=True)
+        for i, q in zip(*np.nonzero(inside), strict=True)
     ]
-    assert corr.same_position == pytest.approx(np.mean(own))
+    assert corr.same_position == pytest.approx(np.mean(same))
+    assert corr.same_position == pytest.approx(9 / (9 + 8))  # pan 1 patch, 2 patches
     # A model that copies the same position scores that baseline on each set.
     copy = learning.decoder_correspondence(
-        _attention_model(lambda i, q: q), held, None, PATCH
+        _attention_model(lambda i, q: q), pan, None, PATCH
     )
-    odd = valid & (np.arange(16) % 2 == 1)
-    own_odd = [
+    odd = inside & (np.arange(16) % 2 == 1)
+    same_odd = [
         _within_one(truth[i, q], divmod(q, 4))
         for i, q in zip(*np.nonzero(odd), strict=True)
     ]
-    assert copy.last == pytest.approx(np.mean(own_odd))
+    assert copy.last == pytest.approx(np.mean(same_odd))
 
 
-def test_correspondence_picture_boxes_the_peak_and_the_truth(held):
-    truth, visible = learning._true_patches(held, PATCH, (4, 4))
-    inside = np.all((truth >= 0) & (truth < 4), -1)
+def test_correspondence_picture_boxes_the_peak_and_the_truth(pan):
+    truth, inside = _pan_truth()
     flat = np.where(inside, truth[..., 0] * 4 + truth[..., 1], 0)
     perfect = lambda i, q: int(flat[i, q])  # noqa: E731
     corner = lambda i, q: 0 if flat[i, q] > 5 else 15  # noqa: E731  far from truth
-    rows = int((visible & inside)[:, ::2].any(1).sum())  # pairs with a masked query
+    rows = int(inside[:, ::2].any(1).sum())  # pairs with a masked query
     scale = 2
     height = rows * (SIZE * scale + 2) - 2
     colours = {}
     for name, fn in (("perfect", perfect), ("corner", corner)):
         image = learning.correspondence_picture(
-            _attention_model(fn), held, None, PATCH, scale=scale
+            _attention_model(fn), pan, None, PATCH, scale=scale
         )
         assert image.shape == (height, 2 * SIZE * scale + 2, 3)
         half = SIZE * scale + 2
@@ -150,7 +220,7 @@ def test_correspondence_picture_boxes_the_peak_and_the_truth(held):
     assert colours["perfect"][0] == 0 and colours["perfect"][1] > 0
     assert colours["corner"][0] > 0 and colours["corner"][1] > 0
     grid = learning.correspondence_picture(
-        _attention_model(perfect), held, None, PATCH, scale=scale, per_row=2
+        _attention_model(perfect), pan, None, PATCH, scale=scale, per_row=2
     )
     assert grid.shape == (
         -(-rows // 2) * (SIZE * scale + 2) - 2,
