@@ -11,6 +11,7 @@ import os
 import pickle
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import grain
@@ -182,6 +183,11 @@ def test_save_encoder_from_params_and_model(trained, tmp_path):
 
 
 def test_timm_layout_is_the_conv_and_fused_qkv():
+    """timm's arithmetic, written out in numpy, gives our layers' outputs: the
+    [D, 3, p, p] patch convolution; the fused qkv rows q, k, v, each indexed
+    head-major (h * head_dim + d); and ``attn.proj`` applied to the heads
+    concatenated head-major. Probed with distinct values, so a swapped
+    (heads, head_dim) order cannot hide (it would survive a round trip)."""
     model = _perturbed()
     state = interop.to_timm_state_dict(model)
     assert state["patch_embed.proj.weight"].shape == (32, 3, 8, 8)
@@ -194,13 +200,25 @@ def test_timm_layout_is_the_conv_and_fused_qkv():
     conv = np.einsum("dcij,ijc->d", w, x[0, 8:16, 16:24]) + b
     ours = model.patch_embed(vit.patchify(jnp.asarray(x), 8))[0, 1 * 4 + 2]
     np.testing.assert_allclose(conv, ours, atol=1e-5)
-    # Fused qkv rows: q, k, v, each (heads, head_dim) flattened.
-    t = x[0, 0, :4].reshape(1, 12)[:, :1].repeat(32, 1)
-    qkv = t @ state["blocks.0.attn.qkv.weight"].T + state["blocks.0.attn.qkv.bias"]
-    attn = model.blocks[0].attn
-    for j, layer in enumerate((attn.query, attn.key, attn.value)):
-        got = np.asarray(layer(jnp.asarray(t))).reshape(1, 32)
-        np.testing.assert_allclose(qkv[:, j * 32 : (j + 1) * 32], got, atol=1e-5)
+    rng = np.random.default_rng(1)
+    for i, block in enumerate(model.blocks):
+        attn = block.attn
+        heads, hd = attn.num_heads, attn.head_dim
+        assert (heads, hd) == (2, 16)
+        # Fused qkv rows: q, k, v, each (heads, head_dim) flattened.
+        t = rng.normal(size=(1, 32)).astype(np.float32)
+        qkv = t @ state[f"blocks.{i}.attn.qkv.weight"].T
+        qkv = (qkv + state[f"blocks.{i}.attn.qkv.bias"]).reshape(3, heads, hd)
+        for j, layer in enumerate((attn.query, attn.key, attn.value)):
+            got = np.asarray(layer(jnp.asarray(t)))[0]  # [heads, head_dim]
+            np.testing.assert_allclose(got, qkv[j], atol=1e-5)
+        # Output projection: timm's x.transpose(1, 2).reshape(B, N, C) puts head
+        # h's feature d at h * head_dim + d, then y = x @ proj.weight.T + bias.
+        o = rng.normal(size=(1, heads, hd)).astype(np.float32)
+        flat = o.reshape(1, heads * hd)
+        want = flat @ state[f"blocks.{i}.attn.proj.weight"].T
+        want = want + state[f"blocks.{i}.attn.proj.bias"]
+        np.testing.assert_allclose(attn.out(jnp.asarray(o)), want, atol=1e-5)
 
 
 def test_timm_round_trip_and_safetensors(tmp_path):
@@ -291,7 +309,7 @@ class _Payload:
         return (Path(self.marker).touch, ())
 
 
-def test_corrupt_and_pickle_files_are_refused(tmp_path, monkeypatch):
+def test_corrupt_files_are_refused(tmp_path):
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all")
     with pytest.raises(ValueError, match="bad.safetensors: not a valid safetensors"):
@@ -299,19 +317,66 @@ def test_corrupt_and_pickle_files_are_refused(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="unknown weights format '.npz'"):
         (tmp_path / "w.npz").write_bytes(b"")
         interop.load_weights(tmp_path / "w.npz")
+
+
+def _evil_pickle(tmp_path) -> tuple[Path, Path]:
+    """(a .pt file whose unpickling touches a marker file, the marker)."""
     marker = tmp_path / "unpickled"
     evil = tmp_path / "evil.pt"
-    state = {"cls_token": _Payload(str(marker))}
-    evil.write_bytes(pickle.dumps(state))
-    try:
-        import torch  # noqa: F401
+    evil.write_bytes(pickle.dumps({"cls_token": _Payload(str(marker))}))
+    return evil, marker
 
-        with pytest.raises(ValueError, match="refused.*arbitrary code"):
-            interop.load_weights(evil)
-    except ImportError:
-        pass
+
+def _fake_torch(calls: list) -> types.ModuleType:
+    """A stand-in for torch's loader: ``load(..., weights_only=True)`` refuses
+    every pickled global, as torch's WeightsUnpickler refuses all but tensors;
+    ``weights_only=False`` unpickles (and so runs the payload)."""
+
+    class _WeightsOnly(pickle.Unpickler):
+        def find_class(self, module, name):
+            raise pickle.UnpicklingError(
+                "Weights only load failed.\n WeightsUnpickler error: "
+                f"Unsupported global: GLOBAL {module}.{name}"
+            )
+
+    def load(f, map_location=None, weights_only=None):
+        calls.append(weights_only)
+        if weights_only:
+            return _WeightsOnly(f).load()
+        return pickle.load(f)
+
+    torch = types.ModuleType("torch")
+    torch.load = load
+    torch.Tensor = type("Tensor", (), {})
+    return torch
+
+
+def test_pickle_files_are_refused_without_running_them(tmp_path, monkeypatch):
+    """A torch file holding pickled code is read only with weights_only=True and
+    refused, and the payload never runs (checked without torch: a stand-in
+    loader unpickles unless weights_only=True); without torch the file is not
+    read at all."""
+    evil, marker = _evil_pickle(tmp_path)
+    calls = []
+    monkeypatch.setitem(sys.modules, "torch", _fake_torch(calls))
+    with pytest.raises(ValueError, match="refused.*Unsupported global.*arbitrary code"):
+        interop.load_weights(evil)
+    assert calls == [True]
+    assert not marker.exists()
     monkeypatch.setitem(sys.modules, "torch", None)  # as without the extra
     with pytest.raises(ImportError, match="needs torch.*weights_only=True"):
+        interop.load_weights(evil)
+    assert not marker.exists()
+
+
+def test_pickle_files_are_refused_by_real_torch(tmp_path):
+    pytest.importorskip(
+        "torch",
+        reason="torch not installed (the torch extra); the refusal is "
+        "also checked with a stand-in loader",
+    )
+    evil, marker = _evil_pickle(tmp_path)
+    with pytest.raises(ValueError, match="refused.*arbitrary code"):
         interop.load_weights(evil)
     assert not marker.exists()
 
