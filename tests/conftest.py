@@ -25,7 +25,7 @@ TINY = dict(
 
 @pytest.fixture(scope="session")
 def tiny_model():
-    """A tiny SiamMAE (cross_self decoder, 95% masking -> 1 visible patch)."""
+    """A tiny SiamMAE: cross_self decoder, 50% masking (8 of the 16 f2 patches visible)."""
     return SiamMAE(**TINY, mask_ratio=0.5, rngs=nnx.Rngs(0))
 
 
