@@ -146,9 +146,14 @@ def test_adamw_decays_only_the_model_kernels(tiny_model, grad_clip):
     tx = optim.make_optimizer(
         optax.constant_schedule(0.1), weight_decay=0.5, grad_clip=grad_clip
     )
-    zeros = jax.tree.map(jnp.zeros_like, params)
-    updates, _ = tx.update(zeros, tx.init(params), params)
-    new = optax.apply_updates(params, updates)
+
+    @jax.jit
+    def step(params):
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        updates, _ = tx.update(zeros, tx.init(params), params)
+        return optax.apply_updates(params, updates)
+
+    new = step(params)
     names = set()
     for path, before in jax.tree_util.tree_flatten_with_path(params)[0]:
         name = path[-1].key
