@@ -101,6 +101,29 @@ def test_pck_videos_of_different_lengths_and_errors():
         jhmdb.pck([np.zeros((1, 15, 2))], [np.zeros((1, 15, 2))])
 
 
+def test_pck_normalised_by_ground_truth_box():
+    """The threshold scales with the GT joints' box, not the predicted one.
+
+    GT box 30 x 40 (diagonal 50): limits 3 px (a = 0.1) and 6 px (a = 0.2).
+    Joint 0 is predicted 200 px above its GT (far outside the GT box) and
+    joint 6 10 px to the right, so both are wrong: PCK = 13/15. Normalised by
+    the predicted joints' box instead (30 x 240, diagonal 241.9, limits 14.5
+    and 29 px), joint 6 would count as correct (14/15).
+    """
+    gt = np.stack([_base_joints(1.0)] * 2)
+    pred = gt.copy()
+    pred[1, 0] = (0.0, -200.0)
+    pred[1, 6] += (10.0, 0.0)
+    result = jhmdb.pck([pred], [gt])
+    assert result["frames"] == 1
+    assert result["PCK@0.1"] == pytest.approx(13 / 15)
+    assert result["PCK@0.2"] == pytest.approx(13 / 15)
+    expected = np.ones(15)
+    expected[[0, 6]] = 0.0
+    np.testing.assert_array_equal(result["per_joint@0.2"], expected)
+    np.testing.assert_allclose(result["per_joint@0.2"], _pck_by_hand([pred], [gt], 0.2))
+
+
 # ----------------------------------------------------------------- heatmaps
 
 
@@ -274,6 +297,22 @@ def test_confusion_matrix_hand_made_case():
         matrix.update(np.array([[3]]), np.array([[0]]))
     with pytest.raises(ValueError, match="shape"):
         matrix.update(np.zeros((2, 2)), np.zeros((2, 3)))
+
+
+def test_summary_pools_two_frames_hand_made():
+    """summary()["mIoU"] pools frames: 7/12, not the per-frame mean 5/8.
+
+    Frame 1 predicts everything as class 0, frame 2 is perfect. Pooled:
+    IoU 0 = 4/6, IoU 1 = 2/4 -> 7/12. Per frame: (1/4 + 1) / 2 = 5/8.
+    """
+    gt = np.array([[0, 0, 1, 1]])
+    matrix = vip.ConfusionMatrix(num_classes=2)
+    matrix.update(np.zeros_like(gt), gt)
+    matrix.update(gt, gt)
+    summary = matrix.summary()
+    assert summary["mIoU"] == pytest.approx(7 / 12)
+    np.testing.assert_allclose(summary["per_class_IoU"], [4 / 6, 2 / 4])
+    assert summary["pixels"] == 8
 
 
 def test_confusion_matrix_random_against_masks():
