@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow test-notebook test-interop lint format bench clean
+.PHONY: demo test test-slow test-notebook test-interop mutation lint format bench clean
 
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,13 @@ test-notebook: $(STAMP)
 test-interop: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[test,torch]'
 	$(BIN)/python -m pytest -q -m interop tests/test_interop_timm.py
+
+# Mutation testing of the modules whose bugs change published numbers or lose data
+# (MODULE=siammae_jax/eval/davis.py for one, BUDGET=seconds per module); writes
+# build/mutation/report.md. Not part of `make test` or CI.
+mutation: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[test,mutation]'
+	$(BIN)/python benchmarks/mutation.py $(if $(MODULE),--module $(MODULE)) $(if $(BUDGET),--budget $(BUDGET))
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .

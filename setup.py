@@ -41,6 +41,8 @@ setup(
             "nbformat>=5.10",
             "ipykernel>=6.29",
         ],
+        # Mutation testing (`make mutation`, benchmarks/mutation.py); not in CI.
+        "mutation": ["mutmut==3.8.1"],
         # PyTorch/timm interop tests (`make test-interop`); never needed by the core.
         "torch": ["torch==2.14.1", "torchvision==0.29.1", "timm>=1.0"],
     },
