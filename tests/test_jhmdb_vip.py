@@ -2,7 +2,9 @@
 
 import csv
 import json
+import re
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -402,3 +404,199 @@ def test_vip_writers_round_trip(tmp_path):
         ["2", ""],
         ["mean", "1.0"],
     ]
+
+
+def _vip_video(root, video, frames):
+    """Writes ``{name: (frame array or None, label Image or None)}`` as a VIP video."""
+    image_dir = root / "Images" / video
+    label_dir = root / "Category_ids" / video
+    image_dir.mkdir(parents=True, exist_ok=True)
+    label_dir.mkdir(parents=True, exist_ok=True)
+    for name, (frame, label) in frames.items():
+        if frame is not None:
+            Image.fromarray(frame).save(image_dir / f"{name}.jpg")
+        if label is not None:
+            label.save(label_dir / f"{name}.png")
+    return image_dir, label_dir
+
+
+def _rgb(h, w, value=100):
+    return np.full((h, w, 3), value, np.uint8)
+
+
+def _label(h, w, value=0):
+    return Image.fromarray(np.full((h, w), value, np.uint8))
+
+
+def test_vip_missing_folders_and_unpaired_files_name_the_path(tmp_path):
+    image_dir = tmp_path / "Images" / "v"
+    label_dir = tmp_path / "Category_ids" / "v"
+    with pytest.raises(FileNotFoundError, match=re.escape(f"not found: {image_dir}")):
+        vip.load_video(tmp_path, "v")
+    image_dir.mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match=re.escape(f"not found: {label_dir}")):
+        vip.load_video(tmp_path, "v")
+    label_dir.mkdir(parents=True)
+    # Both folders empty: "no frames", naming the image folder.
+    with pytest.raises(
+        FileNotFoundError, match=re.escape(f"no .jpg frames in {image_dir}")
+    ):
+        vip.load_video(tmp_path, "v")
+    # Frames without any annotation: the first missing annotation is named.
+    _vip_video(tmp_path, "v", {"b": (_rgb(4, 5), None), "a": (_rgb(4, 5), None)})
+    missing = re.escape(f"missing VIP annotation {label_dir / 'a.png'}")
+    with pytest.raises(FileNotFoundError, match=missing):
+        vip.load_video(tmp_path, "v")
+    # Annotations without any frame: the first missing frame is named.
+    _vip_video(tmp_path, "w", {"c": (None, _label(4, 5)), "d": (None, _label(4, 5))})
+    missing = re.escape(f"missing VIP frame {tmp_path / 'Images' / 'w' / 'c.jpg'}")
+    with pytest.raises(FileNotFoundError, match=missing):
+        vip.load_video(tmp_path, "w")
+
+
+def test_vip_label_modes_and_class_range(tmp_path):
+    """Classes 0..19 and 255 are read from "L" and "P" PNGs; 20 and up are not."""
+    values = np.array([[0, 19, 255, 7, 3]] * 4, np.uint8)
+    palette = Image.fromarray(values)
+    palette.putpalette([v for c in range(256) for v in (c, 255 - c, c // 2)])
+    assert palette.mode == "P"
+    _, label_dir = _vip_video(tmp_path, "p", {"a": (_rgb(4, 5), palette)})
+    video = vip.load_video(tmp_path, "p")
+    assert video.labels.dtype == np.uint8
+    np.testing.assert_array_equal(video.labels, values[None])
+
+    _vip_video(tmp_path, "p", {"a": (None, Image.fromarray(values))})  # "L"
+    np.testing.assert_array_equal(vip.load_video(tmp_path, "p").labels, values[None])
+
+    path = label_dir / "a.png"
+    Image.new("RGB", (5, 4)).save(path)
+    expected = f"{path}: expected an 'L' or 'P' PNG, got mode RGB"
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        vip.load_video(tmp_path, "p")
+
+    _label(4, 5, 20).save(path)  # first value past the last class
+    expected = f"{path}: class values [20] outside 0..19 (and 255 void)"
+    with pytest.raises(ValueError, match=re.escape(expected) + "$"):
+        vip.load_video(tmp_path, "p")
+
+    many = np.array([[25, 24, 23, 22, 21], [20, 20, 0, 255, 19]] * 2, np.uint8)
+    Image.fromarray(many).save(path)  # six bad classes: the first five listed
+    expected = f"{path}: class values [20, 21, 22, 23, 24] outside 0..19"
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        vip.load_video(tmp_path, "p")
+
+
+def test_vip_grayscale_jpeg_read_as_rgb_and_size_errors(tmp_path):
+    gray = np.full((4, 5), 128, np.uint8)  # saved as an "L" JPEG
+    image_dir, label_dir = _vip_video(
+        tmp_path, "v", {"a": (gray, _label(4, 5)), "b": (_rgb(4, 5), _label(4, 5))}
+    )
+    with Image.open(image_dir / "a.jpg") as image:
+        assert image.mode == "L"
+    video = vip.load_video(tmp_path, "v")
+    assert video.frames.shape == (2, 4, 5, 3) and video.frames.dtype == np.uint8
+    assert np.all(video.frames[0] == video.frames[0, :, :, :1])  # R = G = B
+    assert np.abs(video.frames[0].astype(int) - 128).max() <= 2
+
+    _vip_video(tmp_path, "v", {"b": (_rgb(4, 6), _label(4, 6))})
+    expected = f"{image_dir / 'b.jpg'}: frame size (4, 6) differs from a.jpg's (4, 5)"
+    with pytest.raises(ValueError, match=re.escape(expected) + "$"):
+        vip.load_video(tmp_path, "v")
+
+    _vip_video(tmp_path, "v", {"b": (_rgb(4, 5), _label(3, 5))})
+    expected = (
+        f"{label_dir / 'b.png'}: annotation size (3, 5) differs from its frame's (4, 5)"
+    )
+    with pytest.raises(ValueError, match=re.escape(expected) + "$"):
+        vip.load_video(tmp_path, "v")
+
+
+def test_confusion_matrix_class_range_and_integer_counts():
+    matrix = vip.ConfusionMatrix()
+    assert matrix.matrix.shape == (20, 20) and matrix.matrix.dtype == np.int64
+    # 19 is the last class; a 255 prediction on a void pixel is skipped.
+    matrix.update(np.array([[19, 255, 0]]), np.array([[19, 255, 0]]))
+    assert matrix.matrix.dtype == np.int64
+    assert matrix.matrix[19, 19] == 1 and matrix.matrix[0, 0] == 1
+    assert matrix.matrix.sum() == 2
+    for pred, gt, name in [(20, 0, "pred"), (-1, 0, "pred"), (0, 20, "gt")]:
+        with pytest.raises(ValueError, match=rf"^{name} values must be in 0\.\.19$"):
+            matrix.update(np.array([[pred]]), np.array([[gt]]))
+    assert matrix.matrix.sum() == 2  # rejected frames add nothing
+    small = vip.ConfusionMatrix(num_classes=3)
+    with pytest.raises(ValueError, match=r"^gt values must be in 0\.\.2$"):
+        small.update(np.array([[0]]), np.array([[3]]))
+
+
+def test_iou_of_absent_classes_is_nan_without_warnings():
+    """Classes with an empty union give NaN, skipped by the mean, silently."""
+    matrix = vip.ConfusionMatrix(num_classes=4)
+    # Class 0: TP 2, union 3; class 2: TP 1, union 2; classes 1, 3 absent.
+    matrix.update(np.array([[0, 0, 2, 2]]), np.array([[0, 0, 0, 2]]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        iou = matrix.per_class_iou()
+        miou = matrix.miou()
+        empty = vip.ConfusionMatrix(num_classes=4)
+        assert np.isnan(empty.per_class_iou()).all() and np.isnan(empty.miou())
+    assert iou.dtype == np.float64
+    np.testing.assert_allclose(iou[[0, 2]], [2 / 3, 1 / 2])
+    assert np.isnan(iou[1]) and np.isnan(iou[3])
+    assert miou == pytest.approx((2 / 3 + 1 / 2) / 2)
+
+
+def test_write_parts_value_range_and_existing_folders(tmp_path):
+    out = tmp_path / "nested" / "out"  # missing parents are created
+    pred = np.array([[0, 255, 19], [1, 2, 3]])
+    (path,) = vip.write_parts(out, "v", ["f1"], [pred])
+    assert path == out / "v" / "f1.png"
+    with Image.open(path) as image:
+        np.testing.assert_array_equal(np.asarray(image), pred)
+    # Writing again into the existing folder overwrites.
+    (path,) = vip.write_parts(out, "v", ["f1"], [pred[::-1]])
+    with Image.open(path) as image:
+        np.testing.assert_array_equal(np.asarray(image), pred[::-1])
+    message = r"^prediction for f2 must be \[H, W\] in 0\.\.255$"
+    bad = [
+        np.array([[0, 256]]),  # one past 255, no negative value
+        np.array([[-1, 5]]),
+        np.array([[-1, 256]]),
+        np.zeros((2, 2, 1), np.int64),  # in range but not [H, W]
+        np.zeros(3, np.int64),
+    ]
+    for value in bad:
+        with pytest.raises(ValueError, match=message):
+            vip.write_parts(out, "v", ["f2"], [value])
+    assert not (out / "v" / "f2.png").exists()
+
+
+def test_write_summary_nested_folder_numpy_values_and_no_per_class(tmp_path):
+    out = tmp_path / "a" / "b" / "c"  # missing parents are created
+    results = {
+        "mIoU": np.float64(0.25),
+        "per_class_IoU": np.array([0.5, np.nan, 0.0]),
+        "pixels": np.int64(7),
+        "videos": ["x", "y"],
+    }
+    json_path, csv_path = vip.write_summary(out, results)
+    assert (json_path, csv_path) == (out / "vip_summary.json", out / "vip_summary.csv")
+    assert json.loads(json_path.read_text()) == {
+        "mIoU": 0.25,
+        "per_class_IoU": [0.5, None, 0.0],
+        "pixels": 7,
+        "videos": ["x", "y"],
+    }
+    rows = list(csv.reader(csv_path.read_text().splitlines()))
+    assert rows == [
+        ["class", "IoU"],
+        ["0", "0.5"],
+        ["1", ""],
+        ["2", "0.0"],
+        ["mean", "0.25"],
+    ]
+
+    # Results without per-class IoUs: only the header and the mean.
+    json_path, csv_path = vip.write_summary(out, {"mIoU": 0.5})
+    assert json.loads(json_path.read_text()) == {"mIoU": 0.5}
+    rows = list(csv.reader(csv_path.read_text().splitlines()))
+    assert rows == [["class", "IoU"], ["mean", "0.5"]]
