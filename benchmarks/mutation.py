@@ -164,6 +164,12 @@ def write_config(work: Path, module: str, tests: tuple[str, ...]) -> None:
     lines += [f"    {t}" for t in tests]
     # Workers fork from a server that only collected the tests (see docstring).
     lines += ["process_isolation=forkserver", "forkserver_warmup=collect"]
+    # Tests import configs/, benchmarks/, tpu/...: copy every top-level entry.
+    extra = sorted(
+        p.name for p in work.iterdir() if p.name not in ("siammae_jax", "tests")
+    )
+    lines.append("also_copy=")
+    lines += [f"    {name}" for name in extra]
     (work / "setup.cfg").write_text("\n".join(lines) + "\n")
 
 
@@ -189,6 +195,13 @@ def run_mutmut(work: Path, budget: float, children: int) -> float:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+            return time.monotonic() - start
+    if proc.returncode:
+        tail = (work / "mutmut.log").read_text(errors="replace").replace("\r", "\n")
+        raise RuntimeError(
+            f"mutmut stopped with exit code {proc.returncode} in {work}; the end of "
+            f"its log:\n{tail[-2000:]}"
+        )
     return time.monotonic() - start
 
 
