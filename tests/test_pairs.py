@@ -186,7 +186,10 @@ def test_boundary_configs_are_accepted():
 
 
 class _ScriptedRng:
-    """An rng whose ``uniform`` draws come from a list; ``integers`` gives its low."""
+    """An rng whose ``uniform`` draws come from a list; ``integers`` gives its low.
+
+    ``integers(n)`` means ``integers(0, n)``, as for numpy's Generator.
+    """
 
     def __init__(self, uniforms):
         self.uniforms = list(uniforms)
@@ -199,7 +202,7 @@ class _ScriptedRng:
         return value
 
     def integers(self, low, high=None):
-        return low
+        return 0 if high is None else low
 
 
 def test_crop_falls_back_to_centre_after_ten_tries():
