@@ -1,14 +1,17 @@
 """Checkpointer: relative paths, save + restore of state, data iterator, config."""
 
 import json
+import threading
 
 import grain
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 
 from siammae_jax.train import checkpoint
+from siammae_jax.train.state import TrainState
 
 
 def test_relative_directory_save_and_restore(tmp_path, monkeypatch):
@@ -17,7 +20,8 @@ def test_relative_directory_save_and_restore(tmp_path, monkeypatch):
     replacing the state's entries before the write ends changes nothing."""
     monkeypatch.chdir(tmp_path)  # `make demo` passes a relative workdir
     ckpt = checkpoint.Checkpointer("run/checkpoints", every=1)
-    assert str(ckpt.directory).startswith(str(tmp_path))
+    assert str(ckpt.directory) == str(tmp_path / "run" / "checkpoints")
+    assert ckpt.directory.is_dir()  # made at once, before any save
     state = {"w": jnp.arange(6.0).reshape(2, 3), "step": jnp.int32(3)}
     data = iter(grain.MapDataset.range(10).to_iter_dataset())
     next(data), next(data)
@@ -63,3 +67,155 @@ def test_model_changes_name_what_blocks_a_resume():
     # JSON turned the saved tuples into lists: not a change.
     assert loop.model_changes({"size": [64, 64]}, {"size": (64, 64)}) == []
     assert loop.model_changes({}, {"mask_ratio": 0.9}) == ["mask_ratio: None -> 0.9"]
+
+
+def _save_steps(ckpt, steps, *, force=False):
+    """Offers ``steps`` to ``ckpt.save``, each with a state and iterator
+    position derived from the step; returns the steps whose save started."""
+    data = iter(grain.MapDataset.range(100).to_iter_dataset())
+    config = ml_collections.ConfigDict({"step": 0})
+    started = []
+    for step in steps:
+        while data.get_state()["next_index"] < step:
+            next(data)
+        config.step = step
+        state = {"w": jnp.full((2,), step, jnp.float32)}
+        if force:  # else the default, not force=False: the default must not force
+            saving = ckpt.save(step, state, data, config, force=True)
+        else:
+            saving = ckpt.save(step, state, data, config)
+        if saving:
+            started.append(step)
+    ckpt.wait()
+    return started
+
+
+def _step_folders(directory):
+    return sorted(p.name for p in directory.iterdir())
+
+
+def test_saves_every_n_steps_and_forced_saves_any_step(tmp_path):
+    """``every=3``: steps 3 and 6 of 1..7 are saved, the others are not (no
+    folder either); ``force=True`` saves an off-interval step."""
+    ckpt = checkpoint.Checkpointer(tmp_path, every=3, keep=10, async_save=False)
+    assert _save_steps(ckpt, range(1, 8)) == [3, 6]
+    assert _step_folders(tmp_path) == ["3", "6"]
+    assert _save_steps(ckpt, [8], force=True) == [8]
+    assert ckpt.manager.all_steps() == [3, 6, 8]
+    assert ckpt.latest_step() == 8
+    ckpt.close()
+
+
+def test_default_keeps_the_latest_three(tmp_path):
+    """Defaults: ``keep=3``, no ``keep_every``; older steps are deleted."""
+    ckpt = checkpoint.Checkpointer(tmp_path, every=1)
+    assert _save_steps(ckpt, range(1, 7)) == [1, 2, 3, 4, 5, 6]
+    ckpt.close()
+    assert _step_folders(tmp_path) == ["4", "5", "6"]
+
+
+def test_keep_and_keep_every_choose_what_survives(tmp_path):
+    """``keep`` latest steps plus every ``keep_every``-th step for good."""
+    cases = [  # (keep, keep_every, kept of steps 1..7), worked out by hand
+        (2, 0, ["6", "7"]),
+        (1, 3, ["3", "6", "7"]),
+        (2, 4, ["4", "6", "7"]),
+        (1, 1, ["1", "2", "3", "4", "5", "6", "7"]),
+    ]
+    for keep, keep_every, kept in cases:
+        directory = tmp_path / f"k{keep}e{keep_every}"
+        ckpt = checkpoint.Checkpointer(
+            directory, every=1, keep=keep, keep_every=keep_every, async_save=False
+        )
+        _save_steps(ckpt, range(1, 8))
+        ckpt.close()
+        assert _step_folders(directory) == kept, (keep, keep_every)
+
+
+def test_async_saves_commit_in_the_background(tmp_path, monkeypatch):
+    """By default the step folder is committed (renamed into place) by a
+    background thread; ``async_save=False`` commits it in the caller's thread
+    before ``save()`` returns."""
+    atomic = ocp.path.atomicity.AtomicRenameTemporaryPath
+    finalize = atomic.finalize
+    committed = []  # (final folder name, committed in the caller's thread)
+
+    def spy(self, *args, **kwargs):
+        committed.append((self.get_final().name, threading.get_ident() == caller))
+        return finalize(self, *args, **kwargs)
+
+    monkeypatch.setattr(atomic, "finalize", spy)
+    caller = threading.get_ident()
+    ckpt = checkpoint.Checkpointer(tmp_path / "async", every=1)
+    _save_steps(ckpt, [1])
+    ckpt.close()
+    assert ("1", False) in committed and ("1", True) not in committed
+    committed.clear()
+    ckpt = checkpoint.Checkpointer(tmp_path / "sync", every=1, async_save=False)
+    data = iter(grain.MapDataset.range(3).to_iter_dataset())
+    state = {"w": jnp.zeros((2,))}
+    assert ckpt.save(1, state, data, ml_collections.ConfigDict({}))
+    assert _step_folders(tmp_path / "sync") == ["1"]  # complete, no wait()
+    assert ("1", True) in committed and ("1", False) not in committed
+    ckpt.close()
+
+
+def test_half_written_step_is_removed_and_never_restored(tmp_path):
+    """A folder left by a save that crashed (orbax's ``<step>.orbax-checkpoint-
+    tmp``) is not a checkpoint and is deleted by the next run's first save."""
+    half = tmp_path / "7.orbax-checkpoint-tmp"
+    (half / "state").mkdir(parents=True)
+    (half / "state" / "junk").write_text("partial")
+    ckpt = checkpoint.Checkpointer(tmp_path, every=5)
+    assert ckpt.latest_step() is None
+    assert _save_steps(ckpt, [5]) == [5]
+    ckpt.close()
+    assert _step_folders(tmp_path) == ["5"]
+
+
+def test_remote_directory_is_passed_on_unchanged(monkeypatch):
+    """A ``gs://`` URL is not a local path: it must not be made absolute."""
+    made = []
+
+    class FakeManager:
+        def __init__(self, directory, options):
+            made.append((directory, options))
+
+    monkeypatch.setattr(checkpoint.ocp, "CheckpointManager", FakeManager)
+    ckpt = checkpoint.Checkpointer("gs://bucket/run/checkpoints", every=1)
+    assert str(ckpt.directory) == "gs://bucket/run/checkpoints"
+    assert [str(d) for d, _ in made] == ["gs://bucket/run/checkpoints"]
+
+
+def test_resume_in_a_new_process_restores_the_asked_step(tmp_path):
+    """A fresh Checkpointer (as after a restart) restores the requested step,
+    not the newest, into the target's structure (a TrainState, not a dict),
+    sets the iterator to that step's position and reads that step's config."""
+    ckpt = checkpoint.Checkpointer(tmp_path, every=1, async_save=False)
+    data = iter(grain.MapDataset.range(10).to_iter_dataset())
+    config = ml_collections.ConfigDict({"model": {"depth": 0}})
+    for step in (1, 2):
+        next(data)
+        config.model.depth = step
+        state = TrainState(
+            step=jnp.int32(step),
+            params={"w": jnp.full((3,), 10.0 * step)},
+            opt_state=(jnp.full((3,), -1.0 * step),),
+            bad_in_a_row=jnp.int32(0),
+        )
+        assert ckpt.save(step, state, data, config)
+    ckpt.close()
+
+    resumed = checkpoint.Checkpointer(tmp_path, every=1)
+    assert resumed.latest_step() == 2
+    assert resumed.saved_config(1) == {"model": {"depth": 1}}
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+    fresh = iter(grain.MapDataset.range(10).to_iter_dataset())
+    restored = resumed.restore(1, target, fresh)
+    assert isinstance(restored, TrainState)
+    assert int(restored.step) == 1
+    np.testing.assert_array_equal(restored.params["w"], [10.0, 10.0, 10.0])
+    np.testing.assert_array_equal(restored.opt_state[0], [-1.0, -1.0, -1.0])
+    assert next(fresh) == 1
+    assert resumed.saved_config(2) == {"model": {"depth": 2}}
+    resumed.close()
