@@ -7,6 +7,7 @@ hand.
 """
 
 import math
+import re
 import shutil
 
 import numpy as np
@@ -423,7 +424,11 @@ def test_missing_files_name_the_file(davis_copy, tmp_path):
         davis.load_sequence(root, names[1])
     (annotations / names[2] / "00004.png").unlink()
     davis.load_sequence(root, names[2])  # only the first annotation is needed
-    with pytest.raises(FileNotFoundError, match=rf"{names[2]}/00004\.png"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=rf"annotation .*{names[2]}/00004\.png not found, but frame 00004\.jpg "
+        rf"of '{names[2]}' exists \(scoring needs every frame's ground truth\)$",
+    ):
         davis.read_annotations(root, names[2])
     (annotations / names[2] / "00000.png").unlink()
     with pytest.raises(FileNotFoundError, match=rf"{names[2]}/00000\.png"):
@@ -477,7 +482,9 @@ def test_prediction_errors_name_the_file(synth, tmp_path):
     with pytest.raises(FileNotFoundError, match=rf"{names[1]}/00002\.png"):
         davis.score(root, tmp_path, progress=False)
     davis.write_masks(tmp_path, names[1], ["00002"], np.zeros((1, 31, 48), np.uint8))
-    with pytest.raises(ValueError, match=rf"{names[1]}/00002\.png is 31x48"):
+    with pytest.raises(
+        ValueError, match=rf"{names[1]}/00002\.png is 31x48 \(HxW\), expected 32x48$"
+    ):
         davis.score(root, tmp_path, progress=False)
     Image.new("RGB", SIZE[::-1]).save(tmp_path / names[1] / "00002.png")
     with pytest.raises(ValueError, match=r"00002\.png must be an indexed"):
@@ -516,3 +523,329 @@ def test_csv_files(tmp_path):
     )
     davis.write_csvs(tmp_path, row, rows[:1], split="test-dev")
     assert (tmp_path / "per-sequence_results-test-dev.csv").read_text().count("\n") == 2
+
+
+# ------------------------------------------------ edge cases of the scorer
+
+
+def test_one_pixel_objects():
+    """Union 1: an exactly predicted one-pixel object has J = 1, F = 1."""
+    gt = np.zeros((4, 4), np.uint8)
+    gt[1, 1] = 1
+    gt[3, 0] = 2
+    pred = gt.copy()
+    pred[3, 0] = 0
+    pred[3, 1] = 2  # object 2 one pixel to the right: IoU 0
+    j, f = davis.frame_scores(gt, pred, 2)
+    assert j.dtype == f.dtype == np.float64 and j.shape == f.shape == (2,)
+    assert j[0] == 1.0 and f[0] == 1.0
+    assert j[1] == 0.0 and f[1] == pytest.approx(ref_f(gt == 2, pred == 2))
+
+
+def test_tolerance_uses_only_the_last_two_dimensions():
+    # ceil(0.008 * 979.6) = 8 whatever leads; with the 1000 it would be 12.
+    assert davis.tolerance((1000, 480, 854)) == davis.tolerance((480, 854)) == 8
+    assert davis.tolerance((2, 4, 4)) == 1
+
+
+def fast_boundary(mask):
+    """The boundary by another route: pad by edge copies, whose differences are 0."""
+    m = np.asarray(mask, bool)
+    p = np.pad(m, ((0, 1), (0, 1)), mode="edge")
+    return (m != p[:-1, 1:]) | (m != p[1:, :-1]) | (m != p[1:, 1:])
+
+
+def test_f_at_480p_with_many_boundary_pixels():
+    """Boundaries longer than one matching step (about 5300 pixels at 8 px)."""
+    rng = np.random.default_rng(7)
+    blocks = rng.random((30, 54)) < 0.5
+    gt = np.kron(blocks, np.ones((16, 16), bool))[:480, :854]
+    pred = np.roll(gt, (5, -6), (0, 1))
+    pred ^= rng.random(gt.shape) < 0.002
+    small = rng.random((9, 13)) < 0.5
+    np.testing.assert_array_equal(fast_boundary(small), ref_boundary(small))
+    gb, pb = fast_boundary(gt), fast_boundary(pred)
+    assert gb.sum() > 2 * 5322 and pb.sum() > 2 * 5322
+    precision = np.mean(ndimage.distance_transform_edt(~gb)[pb] <= 8)
+    recall = np.mean(ndimage.distance_transform_edt(~pb)[gb] <= 8)
+    want = 2 * precision * recall / (precision + recall)
+    assert 0.3 < want < 0.99
+    j, f = davis.frame_scores(gt.astype(np.uint8), pred.astype(np.uint8), 1)
+    assert f[0] == pytest.approx(want, abs=1e-12)
+    assert j[0] == pytest.approx((gt & pred).sum() / (gt | pred).sum(), abs=1e-12)
+
+
+def test_frame_scores_shape_errors():
+    gt = np.zeros((4, 4), np.uint8)
+    with pytest.raises(
+        ValueError, match=r"gt \(4, 4\) and pred \(1, 4\) must be equal 2-D"
+    ):
+        davis.frame_scores(gt, gt[:1], 1)  # would broadcast
+    with pytest.raises(
+        ValueError, match=r"gt \(2, 4, 4\) and pred \(2, 4, 4\) must be equal 2-D"
+    ):
+        davis.frame_scores(np.stack([gt, gt]), np.stack([gt, gt]), 1)
+
+
+def test_sequence_scores_frame_counts():
+    gt = np.zeros((3, 4, 4), np.uint8)
+    gt[:, 1:3, 1:3] = 1
+    pred = gt.copy()
+    pred[1] = np.roll(gt[1], 1, axis=1)
+    j, f = davis.sequence_scores(gt, pred)  # T = 3: one scored frame
+    np.testing.assert_allclose(j, [[1 / 3]])
+    np.testing.assert_array_equal(f, [[1.0]])
+    for g, p in (
+        (gt[:2], pred[:2]),  # T = 2 (H = 4 >= 3): nothing to score
+        (np.concatenate([gt, gt[:1]]), np.concatenate([pred, pred])),  # 4 vs 6
+        (np.concatenate([gt, gt[:1]]), pred),  # 4 vs 3
+        (gt[0], pred[0]),  # not a sequence
+    ):
+        shapes = rf"\({', '.join(map(str, g.shape))},?\), \({', '.join(map(str, p.shape))},?\)"
+        with pytest.raises(
+            ValueError, match=r"need \[T, H, W\] gt and pred with T >= 3, got " + shapes
+        ):
+            davis.sequence_scores(g, p)
+
+
+def test_statistics_edge_cases():
+    assert davis.statistics([0.7]) == (0.7, 1.0, 0.0)  # one frame: both bins
+    # Recall counts values strictly above 0.5 (official ``X > 0.5``).
+    assert davis.statistics([0.5, 0.75])[1] == 0.5
+    assert davis.statistics(np.float32([0.5, 0.5, 0.25]))[1] == 0.0
+    for bad in (np.zeros(0), np.ones((2, 3))):
+        shape = re.escape(str(bad.shape))
+        with pytest.raises(
+            ValueError, match=rf"need a non-empty 1-D array, got shape {shape}"
+        ):
+            davis.statistics(bad)
+
+
+def test_statistics_in_float64_for_float32_values():
+    """float32 per-frame values are averaged in float64, not float32."""
+    values = np.float32([0.1, 0.7, 0.3, 0.9, 0.2, 0.6, 0.4, 0.8])
+    exact = [float(v) for v in values]
+    mean, recall, decay = davis.statistics(values)
+    # Bins of 8 frames: [0:3] and [5:8].
+    assert mean == pytest.approx(math.fsum(exact) / 8, abs=1e-15)
+    assert recall == 0.5
+    want = math.fsum(exact[0:3]) / 3 - math.fsum(exact[5:8]) / 3
+    assert decay == pytest.approx(want, abs=1e-15)
+    assert abs(mean - 0.5) > 1e-9  # float32 arithmetic would give exactly 0.5
+
+
+# ------------------------------------------------ scoring sets and splits
+
+
+def square_sequence(frames, shift_frame=None):
+    gt = np.zeros((frames, 4, 4), np.uint8)
+    gt[:, 1:3, 1:3] = 1
+    pred = gt.copy()
+    if shift_frame is not None:
+        pred[shift_frame] = np.roll(gt[shift_frame], 1, axis=1)
+    return gt, pred
+
+
+def test_score_splits_three_frames_and_progress(tmp_path, capsys):
+    """3-frame sequences (one scored frame); the split picks the sequences."""
+    a_gt, a_pred = square_sequence(3)
+    b_gt, b_pred = square_sequence(3, shift_frame=1)  # J 1/3, F 1
+    root, res = tmp_path / "DAVIS", tmp_path / "res"
+    write_davis(root, {"a": a_gt, "b": b_gt})
+    write_results(res, {"a": a_pred, "b": b_pred})
+    (root / "ImageSets/2017/test-dev.txt").write_text("b\n")
+    capsys.readouterr()
+
+    row, rows = davis.score(root, res, split="test-dev", progress=False)
+    assert [r["Sequence"] for r in rows] == ["b_1"]
+    assert row == pytest.approx(
+        {
+            "J&F-Mean": 2 / 3,
+            "J-Mean": 1 / 3,
+            "J-Recall": 0.0,
+            "J-Decay": 0.0,
+            "F-Mean": 1.0,
+            "F-Recall": 1.0,
+            "F-Decay": 0.0,
+        },
+        abs=1e-12,
+    )
+    assert capsys.readouterr().err == ""  # progress=False: no bar
+
+    row, rows = davis.score(root, res)  # progress by default
+    assert [r["Sequence"] for r in rows] == ["a_1", "b_1"]
+    assert row["J-Mean"] == pytest.approx(2 / 3) and row["F-Mean"] == 1.0
+    assert "DAVIS val" in capsys.readouterr().err
+    davis.score(root, res, split="test-dev", progress=True)
+    assert "DAVIS test-dev" in capsys.readouterr().err
+
+
+def test_score_errors(tmp_path):
+    gt, pred = square_sequence(2)
+    root, res = tmp_path / "DAVIS", tmp_path / "res"
+    write_davis(root, {"two": gt, "blank": np.zeros((3, 4, 4), np.uint8)})
+    write_results(res, {"two": pred, "blank": np.zeros((3, 4, 4), np.uint8)})
+    (root / "ImageSets/2017/short.txt").write_text("two\n")
+    with pytest.raises(
+        ValueError,
+        match=r"sequence 'two' has 2 frames; scoring needs >= 3 "
+        r"\(the first and last frames are not scored\)$",
+    ):
+        davis.score(root, res, split="short", progress=False)
+    (root / "ImageSets/2017/blank.txt").write_text("blank\n")  # no object
+    (root / "ImageSets/2017/empty.txt").write_text("\n")
+    for split in ("blank", "empty"):
+        with pytest.raises(
+            ValueError, match=rf"no objects to score in DAVIS split '{split}'$"
+        ):
+            davis.score(root, res, split=split, progress=False)
+
+
+# ------------------------------------------------ more reader and writer cases
+
+
+def test_one_frame_sequence_loads(tmp_path):
+    gt = np.zeros((1, 4, 6), np.uint8)
+    gt[0, 1:3, 2:5] = 2
+    write_davis(tmp_path, {"single": gt})
+    seq = davis.load_sequence(tmp_path, "single")
+    assert seq.frame_names == ("00000",) and seq.frames.shape == (1, 4, 6, 3)
+    np.testing.assert_array_equal(seq.first_mask, gt[0])
+    assert seq.object_ids == (2,)
+
+
+def test_frame_folder_errors(davis_copy):
+    root, names = davis_copy
+    for call in (davis.load_sequence, davis.read_annotations):
+        with pytest.raises(
+            FileNotFoundError,
+            match=r"DAVIS frame folder .*JPEGImages/480p/ghost not found$",
+        ):
+            call(root, "ghost")
+    folder = root / "JPEGImages" / "480p" / names[0]
+    for path in folder.glob("*.jpg"):
+        path.unlink()
+    for call in (davis.load_sequence, davis.read_annotations):
+        with pytest.raises(
+            ValueError,
+            match=rf"DAVIS sequence '{names[0]}' has no \.jpg frames in "
+            rf".*JPEGImages/480p/{names[0]}$",
+        ):
+            call(root, names[0])
+
+
+def test_frames_of_other_sizes_name_both(davis_copy):
+    root, names = davis_copy
+    frames = root / "JPEGImages" / "480p"
+    # Frame 0 differs from all the others: the message names frame 1 and 0.
+    Image.new("RGB", (20, 10)).save(frames / names[0] / "00000.jpg")
+    with pytest.raises(
+        ValueError,
+        match=rf"frame .*{names[0]}/00001\.jpg is 32x48 \(HxW\), but 00000\.jpg "
+        r"is 10x20$",
+    ):
+        davis.load_sequence(root, names[0])
+    # Frame 1 and its annotation both 10x20: each matches its frame, but not
+    # the first annotation.
+    Image.new("RGB", (20, 10)).save(frames / names[1] / "00001.jpg")
+    davis.write_masks(
+        root / "Annotations" / "480p",
+        names[1],
+        ["00001"],
+        np.zeros((1, 10, 20), np.uint8),
+    )
+    with pytest.raises(
+        ValueError,
+        match=rf"annotation .*{names[1]}/00001\.png is 10x20 \(HxW\), but the "
+        rf"first annotation of '{names[1]}' is 32x48$",
+    ):
+        davis.read_annotations(root, names[1])
+
+
+def test_gray_annotations_and_frames(davis_copy):
+    """'L' annotation PNGs hold ids like 'P' ones; gray JPEGs are read as RGB."""
+    root, names = davis_copy
+    want = davis.read_annotations(root, names[0])
+    annotations = root / "Annotations" / "480p" / names[0]
+    for t, mask in enumerate(want):
+        Image.fromarray(mask, "L").save(annotations / f"{t:05d}.png")
+    with Image.open(annotations / "00000.png") as image:
+        assert image.mode == "L"
+    np.testing.assert_array_equal(davis.read_annotations(root, names[0]), want)
+    np.testing.assert_array_equal(
+        davis.load_sequence(root, names[0]).first_mask, want[0]
+    )
+
+    frames = root / "JPEGImages" / "480p" / names[1]
+    rng = np.random.default_rng(3)
+    for t in range(FRAMES):
+        gray = rng.integers(0, 256, SIZE, dtype=np.uint8)
+        Image.fromarray(gray, "L").save(frames / f"{t:05d}.jpg")
+    seq = davis.load_sequence(root, names[1])
+    assert seq.frames.shape == (FRAMES, *SIZE, 3) and seq.frames.dtype == np.uint8
+    for t in range(FRAMES):
+        with Image.open(frames / f"{t:05d}.jpg") as image:
+            assert image.mode == "L"
+            gray = np.asarray(image)
+        for c in range(3):
+            np.testing.assert_array_equal(seq.frames[t, ..., c], gray)
+
+
+def test_undecodable_files_name_the_file(davis_copy, tmp_path):
+    root, names = davis_copy
+    (root / "Annotations" / "480p" / names[0] / "00002.png").write_bytes(b"no png")
+    with pytest.raises(
+        ValueError, match=rf"cannot decode mask .*{names[0]}/00002\.png"
+    ):
+        davis.read_annotations(root, names[0])
+    (root / "JPEGImages" / "480p" / names[1] / "00001.jpg").write_bytes(b"no jpeg")
+    with pytest.raises(
+        ValueError, match=rf"cannot decode frame .*{names[1]}/00001\.jpg"
+    ):
+        davis.read_annotations(root, names[1])  # the size is read from the header
+    with pytest.raises(FileNotFoundError, match=r"mask .*missing\.png not found$"):
+        davis._read_labels(tmp_path / "missing.png")
+
+
+def test_write_masks_checks(tmp_path):
+    ok = np.zeros((4, 4), np.uint8)
+    with pytest.raises(ValueError, match=r"^2 frame names but 3 masks for 's'$"):
+        davis.write_masks(tmp_path, "s", ["00000", "00001"], [ok, ok, ok])
+    for mask, what in (
+        (np.zeros((4, 4)), r"float64 \(4, 4\)"),
+        (np.zeros((4, 4), np.float32), r"float32 \(4, 4\)"),
+        (np.zeros((4, 4, 3), np.uint8), r"uint8 \(4, 4, 3\)"),
+    ):
+        with pytest.raises(
+            ValueError,
+            match=rf"^mask 00000 of 's' must be 2-D integer ids, got {what}$",
+        ):
+            davis.write_masks(tmp_path, "s", ["00000"], [mask])
+    for bad in (-1, 256):
+        mask = np.zeros((4, 4), np.int64)
+        mask[2, 3] = bad  # a single bad id; the rest in range
+        with pytest.raises(
+            ValueError, match=r"^mask 00000 of 's' has ids outside 0\.\.255$"
+        ):
+            davis.write_masks(tmp_path, "s", ["00000"], [mask])
+    # In-range int64 and bool ids are written as given, 0 and 255 included.
+    mask = np.zeros((4, 4), np.int64)
+    mask[0, 0], mask[1, 1] = 255, 7
+    folder = davis.write_masks(tmp_path, "s", ["a", "b"], [mask, ok.astype(bool)])
+    with Image.open(folder / "a.png") as image:
+        assert image.mode == "P"
+        np.testing.assert_array_equal(np.array(image), mask)
+    with Image.open(folder / "b.png") as image:
+        np.testing.assert_array_equal(np.array(image), ok)
+
+
+def test_csv_files_nested_folder_and_line_ends(tmp_path):
+    """Folders are created; lines end in LF only (like the official CSVs)."""
+    row = dict.fromkeys(davis.GLOBAL_COLUMNS, 0.5)
+    rows = [{"Sequence": "a_1", "J-Mean": 0.25, "F-Mean": 0.75}]
+    paths = davis.write_csvs(tmp_path / "x" / "y", row, rows)
+    assert paths[0].read_bytes() == (
+        b"J&F-Mean,J-Mean,J-Recall,J-Decay,F-Mean,F-Recall,F-Decay\n"
+        b"0.500,0.500,0.500,0.500,0.500,0.500,0.500\n"
+    )
+    assert paths[1].read_bytes() == b"Sequence,J-Mean,F-Mean\na_1,0.250,0.750\n"
