@@ -44,7 +44,7 @@ EQUIVALENT_FILE = ROOT / "benchmarks" / "mutation_equivalent.toml"
 # Module -> its own fast test files (the default suite's; no slow marker).
 MODULES: dict[str, tuple[str, ...]] = {
     "siammae_jax/models/siammae.py": ("tests/test_siammae.py",),
-    "siammae_jax/train/optim.py": ("tests/test_train_step.py",),
+    "siammae_jax/train/optim.py": ("tests/test_optim.py",),
     "siammae_jax/train/step.py": ("tests/test_train_step.py",),
     "siammae_jax/train/checkpoint.py": ("tests/test_checkpoint.py",),
     "siammae_jax/data/pairs.py": ("tests/test_pairs.py",),
