@@ -1,5 +1,9 @@
 """Label propagation: chunked jax vs dense numpy, ideal features, radius, resizing."""
 
+import math
+import re
+
+import jax
 import numpy as np
 import pytest
 
@@ -17,6 +21,45 @@ def _random_video(t_len, h, w, d, c, seed=0):
     return feats, labels
 
 
+def _loop_propagation(feats, first, config):
+    """SIAMMAE.md "Evaluation" one target position at a time, in plain Python.
+
+    Context frames come from the padded video (videowalk) or the predicted
+    frames in the window (dino); distances are math.hypot per pair; the top-k
+    is Python's stable sort (ties keep context order: frame 0 first).
+    """
+    t_len, h, w, d = feats.shape
+    flat = feats.reshape(t_len, h * w, d).astype(np.float32)
+    out = [first.reshape(h * w, -1).astype(np.float64)]
+    padded = [0] * config.queue + list(range(t_len))  # Front-padded with frame 0.
+    for t in range(1, t_len):
+        if config.queue_mode == "videowalk":
+            context = padded[t : t + config.queue]  # The queue before padded[t + q].
+        else:
+            context = [j for j in range(1, t) if j >= t - config.queue]
+        sims = [
+            flat[t] @ flat[j].T / np.float32(config.temperature) for j in [0] + context
+        ]
+        pred = np.zeros_like(out[0])
+        for target in range(h * w):
+            ty, tx = divmod(target, w)
+            cands = []  # (affinity, label) over (context frame, position).
+            for slot, j in enumerate([0] + context):
+                for src in range(h * w):
+                    sy, sx = divmod(src, w)
+                    if slot > 0 and math.hypot(ty - sy, tx - sx) >= config.radius:
+                        continue
+                    cands.append((float(sims[slot][target, src]), out[j][src]))
+            top = sorted(cands, key=lambda cand: -cand[0])[: config.topk]
+            weights = np.exp([a - top[0][0] for a, _ in top])
+            pred[target] = sum(
+                wt * lab for wt, (_, lab) in zip(weights, top, strict=True)
+            )
+            pred[target] /= weights.sum()
+        out.append(pred)
+    return np.stack(out).reshape(t_len, h, w, -1)
+
+
 @pytest.mark.parametrize("queue_mode", ["videowalk", "dino"])
 @pytest.mark.parametrize("queue", [0, 3])
 def test_chunked_matches_dense_reference(queue_mode, queue):
@@ -32,6 +75,11 @@ def test_chunked_matches_dense_reference(queue_mode, queue):
     assert got.shape == (9, 5, 6, 3) and got.dtype == np.float32
     np.testing.assert_array_equal(got[0], labels)
     np.testing.assert_allclose(got, want, atol=1e-5)
+    # Both against the protocol written out target by target (no shared helpers).
+    np.testing.assert_allclose(
+        want, _loop_propagation(feats, labels, config), atol=1e-5
+    )
+    assert want.dtype == np.float32
     np.testing.assert_allclose(got.sum(-1), 1.0, atol=1e-5)
     assert np.abs(got[1:] - np.round(got[1:])).max() > 0.05  # Labels are soft.
 
@@ -126,10 +174,24 @@ def test_labels_to_grid_hand_values():
 def test_grid_to_labels_hand_values():
     # 2 -> 4 samples at -0.25 (clamped to 0), 0.25, 0.75, 1.25 (clamped to 1).
     soft = np.array([[0.0, 1.0], [2.0, 3.0]]).reshape(2, 2, 1)
-    up = P.grid_to_labels(soft, (4, 4))[..., 0]
+    up = P.grid_to_labels(soft, (4, 4))
+    assert up.shape == (4, 4, 1) and up.dtype == np.float32  # C = 1 kept, not w.
     ramp = np.array([0.0, 0.25, 0.75, 1.0])
-    np.testing.assert_allclose(up, 2 * ramp[:, None] + ramp[None, :], atol=1e-6)
-    assert up.shape == (4, 4)
+    np.testing.assert_allclose(up[..., 0], 2 * ramp[:, None] + ramp[None, :], atol=1e-6)
+
+
+def test_resizing_is_plain_bilinear_in_float32():
+    """No antialiasing when a side shrinks; float16 input still gives float32.
+
+    4 -> 2 samples at (i + 0.5) * 2 - 0.5 = 0.5, 2.5: the means of neighbour
+    pairs (an antialiased filter would blend in a third cell).
+    """
+    row = np.array([0.0, 0.0, 4.0, 8.0]).reshape(1, 4, 1)
+    for resize in (P.grid_to_labels, P.labels_to_grid):
+        np.testing.assert_allclose(resize(row, (1, 2))[0, :, 0], [0.0, 6.0])
+        got = resize(row.astype(np.float16), (1, 2))
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got[0, :, 0], [0.0, 6.0])
 
 
 def test_compiled_once_per_size():
@@ -228,3 +290,133 @@ def test_softmax_temperature_hand_values(fn):
     # The configured temperature is the one used: 1 / (1 + exp(-0.4 / 0.35)).
     sharp = fn(feats, labels, P.PropagationConfig(topk=2, queue=0, temperature=0.35))
     np.testing.assert_allclose(sharp[1, 0, 0], [0.7582038, 0.2417962], atol=1e-6)
+
+
+@pytest.mark.parametrize("fn", [P.propagate, P.propagate_reference])
+def test_low_temperature_is_numerically_stable(fn):
+    """At temperature 0.01 the logits reach 100: the softmax must not overflow.
+
+    Weights 1 / (1 + exp(-40)) and 1 / (1 + exp(-80)) are 1 within float32.
+    """
+    feats, labels = _two_source_video()
+    got = fn(feats, labels, P.PropagationConfig(topk=2, queue=0, temperature=0.01))
+    np.testing.assert_allclose(got[1, 0], [[1.0, 0.0], [0.0, 1.0]], atol=1e-6)
+
+
+def _tie_video() -> tuple[np.ndarray, np.ndarray]:
+    """A float64 1x10 video whose top-4 ties are settled by position.
+
+    Frame 0 (float32-exact; A = label 0, B = label 1): cells 1, 2, 3, 6, 7 are
+    e0, labelled A A A B A; cells 0, 4, 5, 8 are e2, labelled A; cell 9 is
+    e2 + 2^-10 e3, labelled B.
+    Frame 1: cell 0 is e0 (five tied sources: the first four are 1, 2, 3, 6
+    -> 3/4 A, 1/4 B); cell 1 is e2 + 1e-6 e3, whose cosine to cell 9 exceeds
+    the others' by 1e-9 in float64 (cell 9 first -> 3/4 A) but ties in float32
+    (first four 0, 4, 5, 8 -> all A); the rest are e1 (every source at
+    affinity 0: cells 0-3 -> all A).
+    """
+    eye = np.eye(4)
+    frame0 = np.tile(eye[2], (10, 1))
+    frame0[[1, 2, 3, 6, 7]] = eye[0]
+    frame0[9] += 2.0**-10 * eye[3]
+    frame1 = np.tile(eye[1], (10, 1))
+    frame1[0], frame1[1] = eye[0], eye[2] + 1e-6 * eye[3]
+    labels = np.eye(2, dtype=np.float32)[[0, 0, 0, 0, 0, 0, 1, 0, 0, 1]]
+    return np.stack([frame0, frame1])[:, None], labels[None]
+
+
+@pytest.mark.parametrize(
+    "fn, x64",
+    [(P.propagate, False), (P.propagate, True), (P.propagate_reference, False)],
+)
+def test_ties_go_to_the_lowest_index_in_float32(fn, x64):
+    """Affinities are float32 (SIAMMAE.md), even for float64 features and with
+    jax_enable_x64; exact ties keep the lowest source index, like lax.top_k."""
+    feats, labels = _tie_video()
+    with jax.enable_x64(x64):
+        got = fn(feats, labels, P.PropagationConfig(topk=4, queue=0))
+    assert got.dtype == np.float32
+    want = np.tile([1.0, 0.0], (1, 10, 1))
+    want[0, 0] = (0.75, 0.25)
+    np.testing.assert_allclose(got[1], want, atol=1e-6)
+
+
+def _dot_generals(jaxpr):
+    """Every dot_general equation of a jaxpr, nested ones (map, jit) included."""
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            yield eqn
+        for param in eqn.params.values():
+            inner = getattr(param, "jaxpr", param)
+            if hasattr(inner, "eqns"):
+                yield from _dot_generals(inner)
+
+
+def test_affinities_request_highest_precision():
+    """The feature contraction asks for float32 (bf16/TF32 are the GPU/TPU
+    default and flip near-equal neighbours, SIAMMAE.md); CPU ignores the
+    setting, so the traced step is inspected."""
+    config = P.PropagationConfig(topk=2, queue=1, chunk=2)
+    h, w, d, c = 1, 3, 5, 2  # d = 5: the only contraction over 5 is the affinity.
+    state = P._initial_state(_unit(np.ones((h * w, d))), np.ones((h * w, c)), config)
+    step = P._step_fn(h, w, d, c, config)
+    mask = P._neighbourhood(h, w, 20.0, 2)
+    feat = jax.numpy.ones((h * w, d))
+    jaxpr = jax.make_jaxpr(step)(state, feat, np.int32(1), mask).jaxpr
+    affinity = [
+        eqn
+        for eqn in _dot_generals(jaxpr)
+        if eqn.invars[0].aval.shape[eqn.params["dimension_numbers"][0][0][0]] == d
+    ]
+    assert len(affinity) == 1
+    highest = jax.lax.Precision.HIGHEST
+    assert affinity[0].params["precision"] == (highest, highest)
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("chunk", 0, "chunk must be >= 1, got 0"),
+        ("queue", -1, "queue must be >= 0, got -1"),
+        ("topk", 2.0, "topk must be an int, got 2.0"),
+        ("radius", "20", "radius must be a number, got '20'"),
+        ("temperature", True, "temperature must be a number, got True"),
+        ("radius", float("inf"), "radius must be finite and > 0, got inf"),
+    ],
+)
+def test_config_errors_give_field_and_value(field, value, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        P.PropagationConfig(**{field: value})
+
+
+def test_smallest_valid_config():
+    config = P.PropagationConfig(topk=1, queue=0, radius=1e-3, chunk=1)
+    assert (config.topk, config.queue, config.chunk) == (1, 0, 1)
+
+
+@pytest.mark.parametrize("fn", [P.propagate, P.propagate_reference])
+def test_input_checks_name_shapes(fn):
+    feats, labels = _random_video(1, 2, 3, 4, 2)
+    config = P.PropagationConfig(topk=2)
+    for bad in (feats[0], feats[:0]):
+        want = f"features must be [T>=1, h, w, D], got {bad.shape}"
+        with pytest.raises(ValueError, match=re.escape(want)):
+            fn(bad, labels, config)
+    want = "first_labels must be [h, w, C] with (h, w) = (2, 3), got (3, 2, 2)"
+    with pytest.raises(ValueError, match=re.escape(want)):
+        fn(feats, labels.reshape(3, 2, 2), config)
+    want = "topk = 7 exceeds the 6 positions of frame 0"
+    with pytest.raises(ValueError, match=re.escape(want)):
+        fn(feats, labels, P.PropagationConfig(topk=7))
+
+    # One frame: nothing to propagate, frame 0's labels come back as float32.
+    got = fn(feats, labels.astype(np.float64), config)
+    assert got.shape == (1, 2, 3, 2) and got.dtype == np.float32
+    np.testing.assert_array_equal(got[0], labels)
+    # topk = h * w is allowed, also on a tall grid (3 x 1).
+    tall = fn(
+        feats.reshape(1, 3, 2, 4)[:, :, :1],
+        labels.reshape(3, 2, 2)[:, :1],
+        P.PropagationConfig(topk=3),
+    )
+    np.testing.assert_array_equal(tall[0], labels.reshape(3, 2, 2)[:, :1])
