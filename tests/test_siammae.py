@@ -226,3 +226,234 @@ def test_decoder_puts_visible_tokens_at_their_own_positions(tiny_model):
             token = z2[i, 1 + seen.index(p)] @ w_e + b_e if p in seen else mask_token
             want[i, p] = _layer_norm(token + pos[p], scale, bias) @ w_p + b_p
     np.testing.assert_allclose(pred, want, atol=1e-4)
+
+
+# --- Mutation-driven checks (issue 14): numpy reference of the decoder, defaults,
+# dtypes, non-square frames, loss edge cases.
+
+
+def _np(v):
+    return np.asarray(v[...], np.float64)
+
+
+def _gelu(x):
+    from scipy.special import erf
+
+    return 0.5 * x * (1.0 + erf(x / np.sqrt(2.0)))
+
+
+def _ln(x, norm):
+    return _layer_norm(x, _np(norm.scale), _np(norm.bias))
+
+
+def _np_attention(attn, x, context):
+    """Multi-head attention in float64: returns (out [B, Q, D], weights [B, H, Q, K])."""
+    q = np.einsum("bqd,dhk->bqhk", x, _np(attn.query.kernel)) + _np(attn.query.bias)
+    k = np.einsum("bqd,dhk->bqhk", context, _np(attn.key.kernel)) + _np(attn.key.bias)
+    v = np.einsum("bqd,dhk->bqhk", context, _np(attn.value.kernel))
+    v = v + _np(attn.value.bias)
+    logits = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(q.shape[-1])
+    w = np.exp(logits - logits.max(-1, keepdims=True))
+    w /= w.sum(-1, keepdims=True)
+    o = np.einsum("bhqk,bkhd->bqhd", w, v)
+    return np.einsum("bqhd,hdD->bqD", o, _np(attn.out.kernel)) + _np(attn.out.bias), w
+
+
+def _np_cross_self_block(block, x, context):
+    """Pre-norm cross-attention (queries x, keys/values context), self-attention, MLP."""
+    a, w = _np_attention(block.cross, _ln(x, block.norm_q), _ln(context, block.norm_kv))
+    x = x + a
+    x = x + _np_attention(block.attn, *[_ln(x, block.norm_self)] * 2)[0]
+    h = _gelu(
+        _ln(x, block.norm_mlp) @ _np(block.mlp.fc1.kernel) + _np(block.mlp.fc1.bias)
+    )
+    return x + h @ _np(block.mlp.fc2.kernel) + _np(block.mlp.fc2.bias), w
+
+
+def _decoder_inputs(model, seed=0, b=2, k=8):
+    rng = np.random.default_rng(seed)
+    n, width = 16, model.encoder.width
+    shuffle = np.stack([rng.permutation(n) for _ in range(b)])
+    restore = np.argsort(shuffle, axis=1)
+    z1 = rng.normal(size=(b, 1 + n, width)).astype(np.float32)
+    z2 = rng.normal(size=(b, 1 + k, width)).astype(np.float32)
+    return z1, z2, shuffle, restore
+
+
+def test_decoder_matches_float64_numpy_reference(tiny_model):
+    """The whole cross-self decoder, every block at work, against a float64 numpy
+    re-implementation from the paper's description: f1 tokens + position
+    embeddings are the keys/values, f2's visible tokens go back to their own
+    patches, [MASK] elsewhere; each block is pre-norm cross-attention, then
+    self-attention, then an exact-GELU MLP with hidden width 4 x dim, all residual.
+    The returned attention is [B, blocks, heads, N, 1+N] (f2 [CLS] query dropped)."""
+    model = tiny_model
+    z1, z2, shuffle, restore = _decoder_inputs(model)
+    b, k = z2.shape[0], z2.shape[1] - 1
+    pred, attention = model.decode(
+        jnp.asarray(z1), jnp.asarray(z2), jnp.asarray(restore), return_attention=True
+    )
+    w_e, b_e = _np(model.decoder_embed.kernel), _np(model.decoder_embed.bias)
+    pos = _np(model.decoder_pos)[0]
+    x1 = z1 @ w_e + b_e + pos
+    e2 = z2 @ w_e + b_e
+    x2 = np.repeat(_np(model.mask_token).reshape(1, 1, -1), b, 0).repeat(17, 1)
+    x2[:, 0] = e2[:, 0]
+    for i in range(b):
+        x2[i, 1 + shuffle[i, :k]] = e2[i, 1:]
+    x2 = x2 + pos
+    want_attn = []
+    for block in model.decoder_blocks:
+        x2, w = _np_cross_self_block(block, x2, x1)
+        want_attn.append(w[:, :, 1:])
+    want = _ln(x2, model.decoder_norm) @ _np(model.decoder_pred.kernel)
+    want = (want + _np(model.decoder_pred.bias))[:, 1:]
+    np.testing.assert_allclose(pred, want, atol=2e-4, rtol=1e-4)
+    assert attention.shape == (2, 2, 2, 16, 17)
+    np.testing.assert_allclose(attention, np.stack(want_attn, 1), atol=1e-5)
+    # Attention weights are materialised only on request.
+    assert (
+        model.decode(jnp.asarray(z1), jnp.asarray(z2), jnp.asarray(restore))[1] is None
+    )
+    block = model.decoder_blocks[0]
+    out, weights = block(jnp.asarray(x1), jnp.asarray(x1))
+    assert weights is None
+    np.testing.assert_allclose(out, _np_cross_self_block(block, x1, x1)[0], atol=2e-4)
+
+
+def test_defaults_are_the_papers():
+    """SiamMAE() is the paper's ViT-S/16 at 224 px, 95% masking, cross-self
+    decoder 512 wide, 8 blocks of 16 heads, MLP ratio 4, norm-pix loss."""
+    m = nnx.eval_shape(lambda: SiamMAE(rngs=nnx.Rngs(0)))
+    assert (m.encoder.width, len(m.encoder.blocks), m.encoder.patch) == (384, 12, 16)
+    assert m.encoder.blocks[0].attn.num_heads == 6
+    assert m.encoder.grid == (14, 14)
+    assert (m.mask_ratio, m.decoder_type, m.norm_pix_loss) == (0.95, "cross_self", True)
+    assert m.decoder_embed.kernel.shape == (384, 512)
+    assert len(m.decoder_blocks) == 8
+    blk = m.decoder_blocks[0]
+    assert blk.cross.num_heads == 16 and blk.attn.num_heads == 16
+    assert blk.mlp.fc1.kernel.shape == (512, 2048)
+    assert m.decoder_pred.kernel.shape == (512, 16 * 16 * 3)
+    assert m.dtype == jnp.float32
+    assert {x.dtype for x in jax.tree.leaves(nnx.state(m, nnx.Param))} == {
+        jnp.dtype(jnp.float32)
+    }
+
+
+def test_dtypes_reach_encoder_and_decoder(monkeypatch):
+    """compute dtype bf16: encoder tokens and the decoder's token streams are bf16
+    (mask token and position embeddings cast, not promoting the stream to f32);
+    param_dtype bf16: every parameter, the encoder's included, is stored in bf16."""
+    m = nnx.eval_shape(
+        lambda: SiamMAE(**TINY, param_dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+    )
+    dtypes = {x.dtype for x in jax.tree.leaves(nnx.state(m, nnx.Param))}
+    assert dtypes == {jnp.dtype(jnp.bfloat16)}
+
+    model = SiamMAE(**TINY, mask_ratio=0.5, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+    f1, f2 = _frames(batch=1)
+    z, _ = jax.eval_shape(lambda x: model.encoder(x), f1)
+    assert z.dtype == jnp.bfloat16
+    seen = []
+    original = siammae.CrossSelfBlock.__call__
+
+    def spy(self, x, context, **kw):
+        seen.append((x.dtype, context.dtype))
+        return original(self, x, context, **kw)
+
+    monkeypatch.setattr(siammae.CrossSelfBlock, "__call__", spy)
+    z1, z2, _, restore = _decoder_inputs(model, b=1)
+    pred, _ = jax.eval_shape(
+        lambda a, c, r: model.decode(a, c, r),
+        jnp.asarray(z1, jnp.bfloat16),
+        jnp.asarray(z2, jnp.bfloat16),
+        jnp.asarray(restore),
+    )
+    assert seen and set(seen) == {(jnp.dtype(jnp.bfloat16),) * 2}
+    assert pred.dtype == jnp.bfloat16
+
+
+def test_non_square_frames():
+    """A 32x48 model (4x6 patches): 24 patches per frame, half visible; frames of
+    another size are refused with the model's size as HxW."""
+    model = SiamMAE(
+        **{**TINY, "image_size": (32, 48)}, mask_ratio=0.5, rngs=nnx.Rngs(0)
+    )
+    f = jnp.zeros((2, 32, 48, 3))
+    z1, z2, restore, mask = jax.eval_shape(
+        lambda a, b: model.encode_pair(a, b, jax.random.key(0)), f, f
+    )
+    assert (z1.shape, z2.shape) == ((2, 25, 32), (2, 13, 32))
+    assert (restore.shape, mask.shape) == ((2, 24), (2, 24))
+    out = jax.eval_shape(lambda a, b: model(a, b, jax.random.key(0)), f, f)
+    assert out.pred.shape == out.target.shape == (2, 24, 8 * 8 * 3)
+    assert out.attention is None  # only on request
+    _, _, _, mask = model.encode_pair(f, f, jax.random.key(0))
+    np.testing.assert_array_equal(np.asarray(mask).sum(1), [12, 12])
+    for shape in [(1, 48, 48, 3), (1, 48, 32, 3), (1, 32, 32, 3)]:
+        bad = jnp.zeros(shape)
+        with pytest.raises(ValueError, match=r"image_size 32x48\."):
+            model.encode_pair(bad, bad, jax.random.key(0))
+
+
+def test_raw_pixel_target_is_float32_patches(tiny_model):
+    """norm_pix_loss=False: the target is f2's patches as they are, in float32
+    even for bf16 frames, and the loss is the masked L2 against them."""
+    model = SiamMAE(**TINY, mask_ratio=0.5, norm_pix_loss=False, rngs=nnx.Rngs(0))
+    f1, f2 = _frames(batch=1)
+    out = jax.eval_shape(
+        lambda a, b: model(a, b, jax.random.key(0)),
+        f1.astype(jnp.bfloat16),
+        f2.astype(jnp.bfloat16),
+    )
+    assert out.target.dtype == out.loss.dtype == jnp.float32
+    with jax.enable_x64(True):  # float32 stays float32, not the x64 default float
+        out = jax.eval_shape(lambda a, b: model(a, b, jax.random.key(0)), f1, f2)
+        assert out.target.dtype == out.loss.dtype == jnp.float32
+    out = model(f1, f2, jax.random.key(0))
+    np.testing.assert_array_equal(out.target, vit.patchify(f2, PATCH))
+    want = (((np.asarray(out.pred) - out.target) ** 2).mean(-1) * out.mask).sum()
+    np.testing.assert_allclose(out.loss, want / 8, rtol=1e-5)
+
+
+def test_norm_pix_float32_and_constant_patches():
+    """Constant patches normalise to zeros (eps keeps the variance positive);
+    bf16 patches are normalised in float32."""
+    flat = np.full((1, 2, 12), 3.5, np.float32)
+    out = np.asarray(siammae.norm_pix(jnp.asarray(flat)))
+    assert np.isfinite(out).all()
+    np.testing.assert_array_equal(out, 0.0)
+    x = np.random.default_rng(1).normal(100.0, 1.0, (3, 48)).astype(np.float32)
+    xb = jnp.asarray(x, jnp.bfloat16)
+    got = siammae.norm_pix(xb)
+    assert got.dtype == jnp.float32
+    ref = np.asarray(xb, np.float64)
+    ref = (ref - ref.mean(-1, keepdims=True)) / np.sqrt(
+        ref.var(-1, keepdims=True) + 1e-6
+    )
+    np.testing.assert_allclose(got, ref, atol=1e-3)
+    with jax.enable_x64(True):  # float32 stays float32, not the x64 default float
+        assert siammae.norm_pix(jnp.asarray(x)).dtype == jnp.float32
+
+
+def test_masked_l2_one_masked_patch_and_low_precision_inputs():
+    """One masked patch: the loss is that patch's MSE (divided by 1, not more);
+    no masked patch: 0; bf16 inputs: computed and returned in float32."""
+    pred = np.zeros((1, 3, 4), np.float32)
+    target = np.array([[[1, 1, 1, 1], [2, 0, 0, 0], [9, 9, 9, 9]]], np.float32)
+    mask = np.array([[0, 1, 0]], np.float32)
+    np.testing.assert_allclose(siammae.masked_l2(pred, target, mask), 1.0)
+    assert float(siammae.masked_l2(pred, target, 0 * mask)) == 0.0
+    rng = np.random.default_rng(2)
+    p = jnp.asarray(rng.normal(size=(2, 5, 64)), jnp.bfloat16)
+    t = jnp.asarray(rng.normal(size=(2, 5, 64)) + 0.01, jnp.bfloat16)
+    m = jnp.asarray([[1, 0, 1, 1, 0], [0, 1, 1, 0, 1]], jnp.float32)
+    loss = siammae.masked_l2(p, t, m)
+    assert loss.dtype == jnp.float32
+    d = np.asarray(p, np.float64) - np.asarray(t, np.float64)
+    want = ((d**2).mean(-1) * np.asarray(m)).sum() / 6
+    np.testing.assert_allclose(loss, want, rtol=1e-5)
+    with jax.enable_x64(True):  # float32 stays float32, not the x64 default float
+        loss = siammae.masked_l2(jnp.asarray(pred), jnp.asarray(target), mask)
+        assert loss.dtype == jnp.float32
