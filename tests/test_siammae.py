@@ -1,5 +1,7 @@
 """SiamMAE: masking, visible-only encoding, targets, loss, configs, dtypes."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -455,3 +457,15 @@ def test_masked_l2_one_masked_patch_and_low_precision_inputs():
     with jax.enable_x64(True):  # float32 stays float32, not the x64 default float
         loss = siammae.masked_l2(jnp.asarray(pred), jnp.asarray(target), mask)
         assert loss.dtype == jnp.float32
+
+
+def test_no_visible_patch_names_the_grid():
+    """A 1x8 grid at 95% masking keeps round(8 x 0.05) = 0 patches: refused, the
+    message naming the grid as rows x columns (8x8 = 64 patches would keep 3)."""
+    want = (
+        "mask_ratio=0.95 leaves no visible patch of the 1x8 grid; lower mask_ratio "
+        "or use a larger image_size."
+    )
+    with pytest.raises(ValueError, match=f"^{re.escape(want)}$"):
+        SiamMAE(**{**TINY, "image_size": (8, 64)}, mask_ratio=0.95, rngs=nnx.Rngs(0))
+    SiamMAE(**{**TINY, "image_size": (8, 64)}, mask_ratio=0.85, rngs=nnx.Rngs(0))
