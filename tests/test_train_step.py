@@ -1,4 +1,6 @@
-"""Sharded train step: same math on any mesh, parameters placed by the rules."""
+"""Sharded train step: same math on any mesh, parameters placed by the rules;
+its semantics (normalisation, keys, accumulation, metrics, skipping) on a
+closed-form toy model; and ``build`` of the tiny config against hand values."""
 
 import re
 import types
@@ -311,7 +313,7 @@ def toy_steps():
         accum: jax.jit(
             step_lib.make_train_step(_Toy(), TOY_TX, lr, accum_steps=accum)
             if accum > 1
-            else step_lib.make_train_step(_Toy(), TOY_TX, lr)
+            else step_lib.make_train_step(_Toy(), TOY_TX, lr)  # the default: 1
         )
         for accum in (1, 2)
     }
