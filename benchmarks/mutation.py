@@ -121,10 +121,9 @@ def function_name(mutant: str) -> str:
 
 def changed_lines(diff: str) -> tuple[str, str]:
     """The removed and added source lines of a ``mutmut show`` diff, stripped."""
-    minus = [x[1:].strip() for x in diff.splitlines() if x.startswith("-")]
-    plus = [x[1:].strip() for x in diff.splitlines() if x.startswith("+")]
-    minus = [x for x in minus if not x.startswith("--")]
-    plus = [x for x in plus if not x.startswith("++")]
+    body = [x for x in diff.splitlines() if not x.startswith(("---", "+++"))]
+    minus = [x[1:].strip() for x in body if x.startswith("-")]
+    plus = [x[1:].strip() for x in body if x.startswith("+")]
     return " / ".join(minus), " / ".join(plus)
 
 
