@@ -39,7 +39,14 @@ def get_config(arg: str = "vits16") -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     c.data.path = ""  # videos, frame folders or array_record shards
-    c.data.format = ""  # video|frames|array_record|synthetic; inferred if empty
+    # video|frames|array_record|synthetic; inferred from data.path if empty,
+    # and the synthetic set if data.path is empty too.
+    c.data.format = ""
+    # Open every video file at startup (frame index, in threads) and leave out
+    # the unreadable ones, when there are at most this many (0: never; larger
+    # folders find bad videos when they are read, counted in data_skipped).
+    c.data.check_videos = 5000
+    c.data.index_dir = ""  # frame-index sidecar files of video files ("": none)
     c.data.min_gap = 4  # paper: gap in [4, 48] frames at 30 fps
     c.data.max_gap = 48
     c.data.ref_fps = 30.0
@@ -110,7 +117,7 @@ def _tiny(c: ml_collections.ConfigDict) -> None:
     c.model.decoder_heads = 4
     c.model.mask_ratio = 0.9
     c.model.dtype = "float32"
-    c.data.format = "synthetic"
+    c.data.format = ""  # the synthetic set, unless --config.data.path is given
     # Gaps of 1-4 frames move a 64-px synthetic video by ~1-5 px (< one 8-px
     # patch): small enough that copying from the right place in f1 pays, which
     # the decoder then learns within a few hundred steps. With gaps of 4-16

@@ -150,17 +150,42 @@ def test_unopenable_files_raise_at_getitem(bad_videos, name):
     assert str(bad_videos / name) in str(info.value) and info.value.reason
 
 
-def test_truncated_data_raises_at_read(bad_videos):
+def test_truncated_file_is_refused_when_opened(bad_videos):
     # moov atom first: the header promises 60 frames, half the data is gone.
     path = str(bad_videos / "truncated_faststart.mp4")
-    video = VideoFile(path)
-    assert video.num_frames == 60
-    video.read([0])  # The beginning is intact.
-    with pytest.raises(BadVideoError, match="stream ended before frame") as info:
-        video.read([59])
+    with pytest.raises(BadVideoError, match="truncated: the header lists 60") as info:
+        VideoFile(path)
     assert info.value.path == path
-    with pytest.raises(BadVideoError):
-        video.read(range(60))
+
+
+def _zero_last_packets(path, count):
+    """Overwrites the payload of the last ``count`` packets with zeros."""
+    with av.open(path) as container:
+        packets = [(p.pos, p.size) for p in container.demux(video=0) if p.size]
+    data = bytearray(open(path, "rb").read())
+    for pos, size in packets[-count:]:
+        data[pos : pos + size] = bytes(size)
+    open(path, "wb").write(data)
+
+
+def test_damaged_frames_raise_at_read(tmp_path):
+    path = write_video(tmp_path / "clip.mp4", make_frames(36))
+    expected = sequential(path)
+    _zero_last_packets(path, 20)
+    video = VideoFile(path)  # The index (the sample table) is intact ...
+    np.testing.assert_array_equal(video.read([0]), expected[:1])
+    with pytest.raises(BadVideoError, match="decoding failed") as info:
+        video.read([35])  # ... the pictures are not.
+    assert info.value.path == path
+
+
+def test_damaged_matroska_is_refused_when_opened(tmp_path):
+    # Matroska blocks carry their own headers: zeroed blocks end the demuxing
+    # early, without an error. The declared duration tells.
+    path = write_video(tmp_path / "clip.mkv", make_frames(36))
+    _zero_last_packets(path, 20)
+    with pytest.raises(BadVideoError, match="the frames cover 0.6. s of the 1.44 s"):
+        VideoFile(path)
 
 
 def test_bad_video_error_pickles():

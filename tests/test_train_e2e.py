@@ -359,3 +359,24 @@ def test_export_a_training_checkpoint_and_load_it_elsewhere(tmp_path, straight):
     encoder.set_params(model, _params(straight, STEPS)["encoder"], "training state")
     want = encoder.FeatureExtractor(model)(frames)
     np.testing.assert_allclose(np.load(tmp_path / "feats.npy"), want, atol=1e-5)
+
+
+def test_a_folder_of_real_containers_trains_two_epochs_without_skips(tmp_path):
+    """Issue 15: mp4/avi/mpg/ts/webm/mkv in one folder, every one of them used."""
+    import video_kinds
+
+    videos = tmp_path / "videos"
+    kinds = video_kinds.write_kinds(videos)
+    (videos / "notes.txt").write_text("shot on two cameras\n")
+    workdir = tmp_path / "run"
+    # 8 videos, 4 per step (batch 8, 2 pairs per video): 4 steps = 2 epochs.
+    proc = _run(workdir, videos, "--config.train.steps=4")
+    rows = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert rows[-1]["data_skipped"] == 0
+    listing = workdir / "skipped_videos.txt"
+    line = f"videos: {len(kinds) + 1} files, {len(kinds)} usable, 1 skipped"
+    assert f"{line} (see {listing})" in proc.stderr
+    assert listing.read_text().splitlines()[1:] == [
+        f"{videos / 'notes.txt'}\tnot a video (.txt file)"
+    ]

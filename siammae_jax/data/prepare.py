@@ -18,8 +18,9 @@ Videos are packed in parallel worker processes; the main process writes each
 shard to ``<shard>.tmp`` and renames it when complete, then records it in
 ``manifest.json`` (written atomically too). Re-running skips the shards the
 manifest lists as complete, so a crashed run resumes where it stopped. Bad
-videos are skipped; their paths and reasons go to the manifest and the final
-report.
+videos, and files that are not videos, are skipped; their paths and reasons go
+to the manifest (``skipped``; the latter also under ``not_videos``) and the
+final report.
 """
 
 from __future__ import annotations
@@ -155,7 +156,10 @@ def _save_manifest(out: epath.Path, manifest: dict[str, Any]) -> None:
     manifest["shards"] = dict(sorted(manifest["shards"].items()))
     shards = manifest["shards"].values()
     manifest["packed"] = sum(s["packed"] for s in shards)
-    manifest["skipped"] = [v for s in shards for v in s["skipped"]]
+    # Every file not packed: those that are not videos, then the bad videos.
+    manifest["skipped"] = manifest.get("not_videos", []) + [
+        v for s in shards for v in s["skipped"]
+    ]
     manifest["complete"] = len(manifest["shards"]) == manifest["config"]["num_shards"]
     tmp = out / (MANIFEST + TMP_SUFFIX)
     tmp.write_text(json.dumps(manifest, indent=1, sort_keys=False) + "\n")
@@ -222,15 +226,23 @@ def _write_shards(
     bar.close()
 
 
-def _inputs(videos_dir: str | epath.Path, format: str | None) -> tuple[str, list]:
-    """The input kind and the sorted ``(path, name)`` of every input video."""
+def _inputs(
+    videos_dir: str | epath.Path, format: str | None
+) -> tuple[str, list, list[dict[str, str]]]:
+    """The input kind, the sorted ``(path, name)`` of every input video, and
+    ``{"path", "reason"}`` of every other file under ``videos_dir``."""
     source = sources.open_source(videos_dir, format)
     kind = {sources.VideoFolderSource: "video", sources.FrameFolderSource: "frames"}
     if type(source) not in kind:
         raise ValueError(f"{videos_dir}: expected video files or frame folders")
     root = str(epath.Path(videos_dir)).rstrip("/") + "/"
-    names = [p[len(root) :] if p.startswith(root) else p for p in source.paths]
-    return kind[type(source)], list(zip(source.paths, names, strict=True))
+
+    def name(path: str) -> str:
+        return path[len(root) :] if path.startswith(root) else path
+
+    names = [name(p) for p in source.paths]
+    others = [{"path": name(p), "reason": r} for p, r in source.skipped]
+    return kind[type(source)], list(zip(source.paths, names, strict=True)), others
 
 
 def prepare(
@@ -268,7 +280,7 @@ def prepare(
       FileNotFoundError, ValueError: no inputs, or ``out_dir`` was packed with
         other settings or inputs.
     """
-    kind, inputs = _inputs(videos_dir, format)
+    kind, inputs, others = _inputs(videos_dir, format)
     out = epath.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     num_shards = -(-len(inputs) // shard_size)
@@ -279,6 +291,7 @@ def prepare(
         shard_size=shard_size, num_shards=num_shards, inputs_sha1=digest,
     )  # fmt: skip
     manifest = _load_manifest(out, config)
+    manifest["not_videos"] = others
     for stale in out.glob("*" + TMP_SUFFIX):
         stale.unlink()
     done = {n for n in names if n in manifest["shards"] and (out / n).exists()}

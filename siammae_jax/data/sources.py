@@ -1,7 +1,7 @@
 """Grain random-access data sources over videos: one record is one video.
 
-* :class:`VideoFolderSource`: video files (mp4, avi, webm, mkv, mov, m4v)
-  anywhere under a folder, decoded with PyAV on read.
+* :class:`VideoFolderSource`: video files anywhere under a folder (found by
+  suffix, or by probing files with other suffixes), decoded with PyAV on read.
 * :class:`FrameFolderSource`: folders of frame images (``<video>/<frame>.jpg``,
   the DAVIS / Kinetics-dump layout), decoded with Pillow on read.
 * :class:`ArrayRecordSource`: ``*.array_record`` shards written by
@@ -10,7 +10,8 @@
 
 Construction lists the files once (sorted, so indices are stable) and fails
 with ``FileNotFoundError`` for a missing path or ``ValueError`` when no video
-is found. ``source[i]`` returns a :class:`~siammae_jax.data.video.Video` and may
+is found. Every file under the root is either used or listed with its reason
+in ``source.skipped``; ``source.report()`` says it in one line. ``source[i]`` returns a :class:`~siammae_jax.data.video.Video` and may
 raise :class:`~siammae_jax.data.video.BadVideoError`. Sources hold only paths,
 so they pickle cheaply into grain's worker processes.
 """
@@ -18,20 +19,25 @@ so they pickle cheaply into grain's worker processes.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
+from collections.abc import Callable
 
 import grain.python as grain
 from etils import epath
+from tqdm import tqdm
 
 from siammae_jax.data.video import (
     DEFAULT_FPS,
     FRAME_FOLDER_META,
     IMAGE_EXTENSIONS,
     VIDEO_EXTENSIONS,
+    BadVideoError,
     FrameFolder,
     PackedVideo,
     Video,
     VideoFile,
     natural_key,
+    probe_video,
 )
 
 FORMATS = ("video", "frames", "array_record")
@@ -68,9 +74,16 @@ def _visible_files(
 
 
 class _Source:
-    """Common parts: a root path, a count and a deterministic repr."""
+    """Common parts: a root path, a count, the skipped files, a repr.
+
+    Attributes:
+      num_files: files found under the root.
+      skipped: ``(path, reason)`` of every file under the root that is not used.
+    """
 
     _root: str
+    num_files: int = 0
+    skipped: list[tuple[str, str]]
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -78,33 +91,111 @@ class _Source:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(path={self._root!r}, videos={len(self)})"
 
+    def report(self) -> str:
+        """``videos: N files, M usable, K skipped`` (one line)."""
+        return (
+            f"videos: {self.num_files} files, {len(self)} usable, "
+            f"{len(self.skipped)} skipped"
+        )
+
+
+def _check_videos(
+    paths: list[str], open_video: Callable[[str], Video], workers: int = 8
+) -> dict[str, str]:
+    """``{path: reason}`` of the videos that cannot be opened (threads)."""
+
+    def check(path: str) -> str | None:
+        try:
+            open_video(path)
+        except BadVideoError as e:
+            return e.reason
+        return None
+
+    bad = {}
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        results = pool.map(check, paths)
+        bar = tqdm(results, total=len(paths), desc="checking videos", unit="video",
+                   disable=len(paths) < 100, mininterval=5)  # fmt: skip
+        for path, reason in zip(paths, bar, strict=True):
+            if reason is not None:
+                bad[path] = reason
+    return bad
+
+
+def find_videos(
+    root: epath.Path, files: list[epath.Path] | None = None
+) -> tuple[list[str], list[tuple[str, str]]]:
+    """The videos under ``root`` (sorted) and ``(path, reason)`` for the rest.
+
+    Known video suffixes are taken, known other suffixes are not, and any
+    other file is probed (:func:`~siammae_jax.data.video.probe_video`).
+    """
+    videos, skipped = [], []
+    for p in sorted(_all_files(root) if files is None else files, key=str):
+        reason = probe_video(p)
+        if reason is None:
+            videos.append(str(p))
+        else:
+            skipped.append((str(p), reason))
+    return videos, skipped
+
 
 class VideoFolderSource(_Source):
     """Video files anywhere under a folder, in sorted path order.
 
     Args:
-      path: the folder (local or ``gs://``).
+      path: the folder (local or ``gs://``), or one video file.
+      check: open every video now (building its frame index, in threads) and
+        leave out those that cannot be opened, listing them in ``skipped``;
+        otherwise a bad video is found when read.
+      index_dir: a folder for frame-index sidecar files (None: memory only).
 
     Raises:
       FileNotFoundError: ``path`` does not exist.
       ValueError: no video file under ``path``.
     """
 
-    def __init__(self, path: str | epath.Path):
+    def __init__(
+        self,
+        path: str | epath.Path,
+        check: bool = False,
+        index_dir: str | None = None,
+    ):
         root = _existing_dir(path)
         self._root = str(root)
-        self._paths = [str(p) for p in _visible_files(root, VIDEO_EXTENSIONS)]
+        self._index_dir = index_dir or None
+        files = _all_files(root)
+        self.num_files = len(files)
+        self._paths, self.skipped = find_videos(root, files)
+        if check:
+            self.check()
+        self._raise_if_empty()
+
+    def check(self) -> None:
+        """Opens every video (in threads) and leaves out the unreadable ones.
+
+        Raises:
+          ValueError: none is readable.
+        """
+        bad = _check_videos(self._paths, self._open)
+        self._paths = [p for p in self._paths if p not in bad]
+        self.skipped = sorted(self.skipped + list(bad.items()))
+        self._raise_if_empty()
+
+    def _raise_if_empty(self) -> None:
         if not self._paths:
-            raise ValueError(
-                f"no video files ({', '.join(VIDEO_EXTENSIONS)}) under {root}"
-            )
+            listed = "".join(f"\n  {p}: {r}" for p, r in self.skipped[:20])
+            raise ValueError(f"no usable video file under {self._root}{listed}")
+
+    def _open(self, path: str) -> VideoFile:
+        return VideoFile(path, index_dir=self._index_dir)
 
     def __len__(self) -> int:
         return len(self._paths)
 
     def __getitem__(self, index: int) -> Video:
         """The ``index``-th video (probed; BadVideoError if unreadable)."""
-        return VideoFile(self._paths[index])
+        return self._open(self._paths[index])
 
     @property
     def paths(self) -> list[str]:
@@ -132,9 +223,15 @@ class FrameFolderSource(_Source):
         root = _existing_dir(path)
         self._root = str(root)
         files = _all_files(root)
+        self.num_files = len(files)
         folders: dict[str, list[str]] = collections.defaultdict(list)
         for p in _visible_files(root, IMAGE_EXTENSIONS, files):
             folders[str(p.parent)].append(p.name)
+        self.skipped = sorted(
+            (str(p), f"not a frame image ({p.suffix.lower() or 'no suffix'})")
+            for p in files
+            if p.suffix.lower() not in IMAGE_EXTENSIONS and p.name != FRAME_FOLDER_META
+        )
         if not folders:
             raise ValueError(
                 f"no frame images ({', '.join(IMAGE_EXTENSIONS)}) under {root}"
@@ -174,6 +271,7 @@ class ArrayRecordSource(_Source):
         root = _existing_dir(path)
         self._root = str(root)
         self._shards = [str(p) for p in _visible_files(root, (ARRAY_RECORD_SUFFIX,))]
+        self.num_files, self.skipped = len(self._shards), []
         if not self._shards:
             raise ValueError(f"no *{ARRAY_RECORD_SUFFIX} shards under {root}")
         self._records = grain.ArrayRecordDataSource(self._shards)
@@ -193,25 +291,33 @@ class ArrayRecordSource(_Source):
             f"videos={len(self)})"
         )
 
+    def report(self) -> str:
+        """``videos: N packed videos in S shards`` (one line)."""
+        return f"videos: {len(self)} packed videos in {len(self._shards)} shards"
+
 
 def infer_format(path: str | epath.Path) -> str:
     """Which of :data:`FORMATS` the dataset at ``path`` is in.
 
     ``array_record`` if it holds ``*.array_record`` shards, else ``video`` if
-    it holds video files, else ``frames`` if it holds images.
+    it holds video files, else ``frames`` if it holds images, else ``video``
+    if a file with another suffix probes as a video.
 
     Raises:
       FileNotFoundError: ``path`` does not exist.
       ValueError: none of those files under ``path``.
     """
     root = _existing_dir(path)
-    suffixes = {p.suffix.lower() for p in _all_files(root)}
+    files = _all_files(root)
+    suffixes = {p.suffix.lower() for p in files}
     if ARRAY_RECORD_SUFFIX in suffixes:
         return "array_record"
     if suffixes & set(VIDEO_EXTENSIONS):
         return "video"
     if suffixes & set(IMAGE_EXTENSIONS):
         return "frames"
+    if find_videos(root, files)[0]:
+        return "video"
     raise ValueError(
         f"no videos found under {root}: expected *{ARRAY_RECORD_SUFFIX} shards, "
         f"video files ({', '.join(VIDEO_EXTENSIONS)}) or frame folders "
@@ -227,13 +333,17 @@ _SOURCES = {
 
 
 def open_source(
-    path: str | epath.Path, format: str | None = None
+    path: str | epath.Path,
+    format: str | None = None,
+    check: bool = False,
+    index_dir: str | None = None,
 ) -> VideoFolderSource | FrameFolderSource | ArrayRecordSource:
     """The data source for the dataset at ``path``.
 
     Args:
       path: a folder (or one shard file), local or ``gs://``.
       format: one of :data:`FORMATS`; inferred from the files if None.
+      check, index_dir: see :class:`VideoFolderSource` (video files only).
 
     Raises:
       ValueError: an unknown ``format``, or no videos found.
@@ -245,4 +355,6 @@ def open_source(
         raise ValueError(
             f"unknown dataset format {format!r}; expected one of {', '.join(FORMATS)}"
         )
+    if format == "video":
+        return VideoFolderSource(path, check=check, index_dir=index_dir)
     return _SOURCES[format](path)

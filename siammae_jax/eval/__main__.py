@@ -21,6 +21,7 @@ from absl import app, flags, logging
 from etils import epath
 from ml_collections import config_flags
 
+from siammae_jax.data import video
 from siammae_jax.eval import attention, davis, encoder, tasks
 from siammae_jax.eval import config as eval_config
 
@@ -86,9 +87,12 @@ def main(argv):
         if not (_VIDEO.value and _OUT.value):
             raise app.UsageError("attention needs --video and --out")
         model, name = _encoder()
-        info = attention.run(
-            model, _VIDEO.value, _OUT.value, _SHORT_SIDE.value, _MAX_FRAMES.value
-        )
+        try:
+            info = attention.run(
+                model, _VIDEO.value, _OUT.value, _SHORT_SIDE.value, _MAX_FRAMES.value
+            )
+        except (FileNotFoundError, video.BadVideoError) as e:
+            sys.exit(f"error: cannot read --video: {e}")
         print(f"[CLS] attention of {name}: {info}; pictures in {_OUT.value}")
         return
     if not (_DATA.value and _OUT.value):

@@ -18,16 +18,25 @@ from siammae_jax.models import vit
 
 
 def read_frames(path: str, max_frames: int) -> np.ndarray:
-    """uint8 frames from a video file, a frame folder or one image."""
+    """uint8 frames from a video file, a frame folder or one image.
+
+    Video files go through the training data's reader
+    (:class:`~siammae_jax.data.video.VideoFile`), so frame ``i`` is the same
+    picture here as there.
+
+    Raises:
+      FileNotFoundError: ``path`` does not exist.
+      BadVideoError: ``path`` cannot be read as a video, frames or an image.
+    """
     p = epath.Path(path)
     if not p.exists():
         raise FileNotFoundError(f"{p} does not exist.")
     if p.is_dir():
         clip = video.FrameFolder(p)
-    elif p.suffix.lower() in video.VIDEO_EXTENSIONS:
-        clip = video.VideoFile(p)
+    elif p.suffix.lower() in video.IMAGE_EXTENSIONS:
+        return video.FrameFolder(p.parent, frames=[p.name], fps=1.0).read([0])
     else:
-        return np.asarray(Image.open(p).convert("RGB"))[None]
+        clip = video.VideoFile(p)
     count = min(clip.num_frames, max_frames)
     return clip.read(list(range(count)))
 

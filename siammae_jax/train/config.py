@@ -81,6 +81,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_hosts: int
         (t.max_bad_steps > 0, f"train.max_bad_steps={t.max_bad_steps} must be > 0"),
         (config.checkpoint.every > 0, "checkpoint.every must be positive"),
         (config.data.format in FORMATS, f"data.format must be one of {FORMATS}"),
+        (
+            config.data.get("check_videos", 0) >= 0,
+            "data.check_videos must be >= 0",
+        ),
     ]
     for ok, message in checks:
         if not ok:

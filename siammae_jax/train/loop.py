@@ -30,6 +30,8 @@ from siammae_jax.train import mesh as mesh_lib
 from siammae_jax.train import state as state_lib
 from siammae_jax.train import step as step_lib
 
+SKIPPED_VIDEOS = "skipped_videos.txt"  # in the workdir: unused files, with why
+
 
 class Diverged(RuntimeError):
     """Too many non-finite steps in a row."""
@@ -55,11 +57,22 @@ class Run:
 
 
 def open_data(config: ml_collections.ConfigDict, workdir: epath.Path):
-    """The video source of ``config.data`` (the synthetic set is made on demand)."""
+    """The video source of ``config.data`` (the synthetic set is made on demand).
+
+    Logs ``videos: N files, M usable, K skipped (see WORKDIR/skipped_videos.txt)``
+    and writes that file (every file under ``data.path`` not used, with why).
+    """
     d = config.data
-    if d.format == "synthetic" or (not d.format and not d.path):
+    made = bool(d.path) and (epath.Path(d.path) / "synthetic.json").exists()
+    if d.format == "synthetic" or (not d.format and (not d.path or made)):
         root = epath.Path(d.path or workdir / "synthetic")
-        if jax.process_index() == 0 and not (root / "synthetic.json").exists():
+        marker = root / "synthetic.json"
+        if jax.process_index() == 0 and not marker.exists():
+            if root.exists() and any(root.iterdir()):
+                raise ValueError(
+                    f"data.format=synthetic would write a synthetic set into {root}, "
+                    "which holds other files; leave data.format empty to use them"
+                )
             logging.info("writing the synthetic video set to %s", root)
             synthetic.write_dataset(
                 root,
@@ -70,8 +83,24 @@ def open_data(config: ml_collections.ConfigDict, workdir: epath.Path):
                 progress=False,
             )
         _barrier("synthetic_data")
-        return sources.open_source(root / "frames", "frames")
-    return sources.open_source(d.path, d.format or None)
+        source = sources.open_source(root / "frames", "frames")
+    else:
+        source = sources.open_source(
+            d.path, d.format or None, index_dir=d.get("index_dir") or None
+        )
+        if isinstance(source, sources.VideoFolderSource):
+            if len(source) <= d.get("check_videos", 0):
+                source.check()
+            else:
+                logging.info("not opening %d videos now (data.check_videos="
+                             "%d): bad ones are counted in data_skipped",
+                             len(source), d.get("check_videos", 0))  # fmt: skip
+    listing = workdir / SKIPPED_VIDEOS
+    if jax.process_index() == 0:
+        lines = [f"{path}\t{reason}\n" for path, reason in source.skipped]
+        listing.write_text(f"# {source.report()}: path<TAB>reason\n" + "".join(lines))
+    logging.info("%s (see %s)", source.report(), listing)
+    return source
 
 
 def data_iterator(config, source) -> grain.DatasetIterator:

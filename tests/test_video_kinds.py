@@ -1,0 +1,261 @@
+"""Every readable video is used (issue 15): real containers and codecs.
+
+One video per kind a user's folder holds (``tests/video_kinds.py``): H.264 mp4
+with B-frames, variable-frame-rate mp4, MPEG-4 Part 2 AVI at 24000/1001 fps,
+a Cinepak AVI whose time base is finer than its frames, an MPEG-2 program
+stream without a frame count, an MPEG-2 transport stream, VP9 WebM and H.264
+MKV. Each frame shows its own number in a corner, so the tests know which
+frame a reader returned from the pixels alone; plain sequential decoding with
+PyAV is the reference for the exact pixels.
+"""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import video_kinds
+from absl import flags
+from PIL import Image
+from video_kinds import NUM_FRAMES, frame_number
+
+from siammae_jax.data import pairs, pipeline, prepare, sources
+from siammae_jax.data import video as video_lib
+from siammae_jax.data.video import BadVideoError, FrameIndex, PackedVideo, VideoFile
+from siammae_jax.eval import attention
+
+ROOT = Path(__file__).resolve().parents[1]
+KINDS = (
+    "mp4_h264_bframes",
+    "mp4_vfr",
+    "avi_mpeg4_23.976",
+    "avi_cinepak_fine_timebase",
+    "mpg_mpeg2_ps",
+    "ts_mpeg2",
+    "webm_vp9",
+    "mkv_h264",
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _parsed_flags():
+    flags.FLAGS.mark_as_parsed()  # grain reads absl flags outside app.run
+
+
+@pytest.fixture(scope="module")
+def kinds(tmp_path_factory):
+    paths = video_kinds.write_kinds(tmp_path_factory.mktemp("kinds"))
+    assert sorted(paths) == sorted(KINDS)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def reference(kinds):
+    """name -> every frame by plain sequential decoding."""
+    return {name: video_kinds.decode_all(path) for name, path in kinds.items()}
+
+
+@pytest.fixture(autouse=True)
+def _fresh_caches():
+    """Each test builds its own frame indexes."""
+    video_lib._INDEX_CACHE.clear()
+    video_lib._UNRELIABLE_SEEKS.clear()
+
+
+@pytest.mark.parametrize("name", KINDS)
+def test_random_access_returns_the_frames_sequential_decoding_gives(
+    kinds, reference, name
+):
+    expected = reference[name]
+    # The reference shows the frames written, in order (numbers from pixels).
+    assert [frame_number(f) for f in expected] == list(range(NUM_FRAMES))
+    video = VideoFile(kinds[name])
+    assert video.num_frames == NUM_FRAMES
+    for i in range(NUM_FRAMES):
+        np.testing.assert_array_equal(video.read([i])[0], expected[i], err_msg=str(i))
+    order = [39, 0, 20, 20, 5, 36, 12, 13, 38, 1]  # Any order, repeats.
+    np.testing.assert_array_equal(video.read(order), expected[order])
+    np.testing.assert_array_equal(video.read(range(NUM_FRAMES)), expected)
+    # The sequential reader (prepare's) gives the same frames.
+    np.testing.assert_array_equal(np.stack(list(video.iter_frames())), expected)
+
+
+def _timestamps(path):
+    """Seconds of every decoded frame, read with PyAV alone."""
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        return [float(f.pts * stream.time_base) for f in container.decode(stream)]
+
+
+@pytest.mark.parametrize("name", KINDS)
+def test_frame_rate_is_measured_from_the_timestamps(kinds, name):
+    seconds = _timestamps(kinds[name])
+    video = VideoFile(kinds[name])
+    assert video.fps == pytest.approx((len(seconds) - 1) / (seconds[-1] - seconds[0]))
+    written = {
+        "mp4_h264_bframes": 30000 / 1001,
+        "mp4_vfr": (NUM_FRAMES - 1) / (video_kinds.VFR_MS[-1] / 1000),
+        "avi_mpeg4_23.976": 24000 / 1001,
+        "avi_cinepak_fine_timebase": 15.0,
+        "ts_mpeg2": 25.0,
+        "webm_vp9": 25.0,
+        "mkv_h264": 25.0,
+        # The muxer leaves one 2-frame step in the timestamps: 39 / 1.6 s.
+        "mpg_mpeg2_ps": 39 / 1.6,
+    }
+    assert video.fps == pytest.approx(written[name], rel=1e-6)
+
+
+def test_headers_that_mislead_arithmetic(kinds):
+    """What broke the old reader: the index does not trust these headers."""
+    with av.open(kinds["avi_cinepak_fine_timebase"]) as container:
+        stream = container.streams.video[0]
+        assert (stream.frames, float(stream.average_rate)) == (1600, 600.0)
+    with av.open(kinds["mpg_mpeg2_ps"]) as container:
+        assert container.streams.video[0].frames == 0  # No count in the header.
+    cinepak = VideoFile(kinds["avi_cinepak_fine_timebase"])
+    assert (cinepak.num_frames, cinepak.fps) == (NUM_FRAMES, 15.0)
+    # Gaps keep their meaning in time: 4-48 frames at 30 fps = 2-24 at 15 fps.
+    assert pairs.PairSampler().gap_range(cinepak.num_frames, cinepak.fps) == (2, 24)
+
+
+def test_seeks_decode_one_gop_and_count_restarts(kinds, reference):
+    video = VideoFile(kinds["mp4_h264_bframes"])  # a keyframe every 12 frames
+    for wanted in ([39], [25, 27], [1, 38]):
+        np.testing.assert_array_equal(
+            video.read(wanted), reference["mp4_h264_bframes"][wanted]
+        )
+        assert video.frames_decoded <= len(wanted) * (12 + 4)  # (+ decoder delay)
+    transport = VideoFile(kinds["ts_mpeg2"])
+    transport.read([30])
+    assert transport.frames_decoded <= 12 + 4 and transport.restarts == 0
+    # The program stream's timestamps change after a seek: found out once,
+    # then that file is read from the start, and the cost is counted.
+    program = VideoFile(kinds["mpg_mpeg2_ps"])
+    restarted = []
+    for i in range(NUM_FRAMES):
+        before = program.restarts
+        np.testing.assert_array_equal(
+            program.read([i])[0], reference["mpg_mpeg2_ps"][i]
+        )
+        restarted.append(program.restarts - before)
+        if restarted[-1]:
+            assert program.frames_decoded >= i + 1  # From the first frame.
+    first = restarted.index(1)  # Seeking went wrong at least once ...
+    assert restarted[first:] == [1] * (NUM_FRAMES - first)  # ... then never tried.
+    again = VideoFile(kinds["mpg_mpeg2_ps"])  # (known per process)
+    np.testing.assert_array_equal(again.read([2]), reference["mpg_mpeg2_ps"][[2]])
+    assert again.restarts == 1 and again.frames_decoded == 3
+
+
+def test_frame_index_is_cached_in_memory_and_in_sidecars(kinds, tmp_path, monkeypatch):
+    path = kinds["mkv_h264"]
+    built = VideoFile(path, index_dir=str(tmp_path)).index
+    (sidecar,) = tmp_path.glob("*.frameindex.json")
+    assert json.loads(sidecar.read_text())["pts"] == built.pts.tolist()
+
+    def no_demuxing(*args):
+        raise AssertionError("the index was built again")
+
+    monkeypatch.setattr(FrameIndex, "build", no_demuxing)
+    assert VideoFile(path).index is built  # memory
+    video_lib._INDEX_CACHE.clear()
+    from_sidecar = VideoFile(path, index_dir=str(tmp_path))  # sidecar
+    np.testing.assert_array_equal(from_sidecar.index.pts, built.pts)
+    assert from_sidecar.index.keyframes.tolist() == built.keyframes.tolist()
+    np.testing.assert_array_equal(from_sidecar.read([17]), VideoFile(path).read([17]))
+    video_lib._INDEX_CACHE.clear()
+    with pytest.raises(AssertionError, match="built again"):
+        VideoFile(path)  # Neither memory nor a sidecar: it must demux.
+
+
+def test_a_changed_file_gets_a_new_index(kinds, tmp_path):
+    path = tmp_path / "clip.mkv"
+    shutil.copy(kinds["mkv_h264"], path)
+    assert VideoFile(path).num_frames == NUM_FRAMES
+    video_kinds._write(path, "libx264", 25, data=video_kinds.frames(10))
+    assert VideoFile(path).num_frames == 10
+
+
+@pytest.fixture(scope="module")
+def mixed_folder(kinds, tmp_path_factory):
+    """The kinds, a video without a suffix, and files that are not videos."""
+    root = tmp_path_factory.mktemp("mixed")
+    for path in kinds.values():
+        shutil.copy(path, root / Path(path).name)
+    (root / "nested").mkdir()
+    shutil.copy(kinds["mkv_h264"], root / "nested" / "no_suffix")
+    (root / "notes.txt").write_text("camera 2\n")
+    Image.new("RGB", (8, 8)).save(root / "poster.dat", format="PNG")
+    (root / "clip.bin").write_bytes(np.random.default_rng(0).bytes(3000))
+    (root / "empty.mp4").write_bytes(b"")
+    return root
+
+
+def test_every_file_is_used_or_listed_with_its_reason(kinds, mixed_folder):
+    source = sources.VideoFolderSource(mixed_folder, check=True)
+    names = {Path(p).name for p in source.paths}
+    assert names == {Path(p).name for p in kinds.values()} | {"no_suffix"}
+    reasons = {Path(p).name: r for p, r in source.skipped}
+    assert set(reasons) == {"notes.txt", "poster.dat", "clip.bin", "empty.mp4"}
+    assert reasons["notes.txt"] == "not a video (.txt file)"
+    assert reasons["poster.dat"].startswith("not a video: a still image")
+    assert reasons["clip.bin"].startswith("not a video")
+    assert reasons["empty.mp4"].startswith("cannot open")
+    assert source.report() == "videos: 13 files, 9 usable, 4 skipped"
+    unchecked = sources.VideoFolderSource(mixed_folder)  # bad videos found on read
+    assert unchecked.report() == "videos: 13 files, 10 usable, 3 skipped"
+    assert sources.infer_format(mixed_folder / "nested") == "video"  # by probing
+
+
+def test_two_epochs_over_every_kind_skip_nothing(kinds):
+    source = sources.VideoFolderSource(Path(kinds["mkv_h264"]).parent)
+    sampler = pairs.PairSampler(size=16, min_gap=4, max_gap=16, repeats=2)
+    ds = pipeline.make_pipeline(source, batch_size=4, sampler=sampler, num_epochs=2)
+    batches = list(ds)
+    assert sum(int(b["skipped"]) for b in batches) == 0
+    seen = np.concatenate([b["video"] for b in batches])
+    np.testing.assert_array_equal(np.bincount(seen), [4] * len(KINDS))
+
+
+def test_prepare_packs_every_kind_and_lists_the_rest(mixed_folder, tmp_path):
+    summary = prepare.prepare(mixed_folder, tmp_path, short_side=None, progress=False)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert summary["packed"] == manifest["packed"] == len(KINDS) + 1
+    skipped = {s["path"]: s["reason"] for s in manifest["skipped"]}
+    assert set(skipped) == {"notes.txt", "poster.dat", "clip.bin", "empty.mp4"}
+    assert {s["path"] for s in manifest["not_videos"]} == {
+        "notes.txt", "poster.dat", "clip.bin",
+    }  # fmt: skip
+    # One truth for "frame i": the packed frames show the same numbers.
+    for record in sources.ArrayRecordSource(tmp_path)._records:
+        packed = PackedVideo(record)
+        assert packed.num_frames == NUM_FRAMES, packed.path
+        numbers = [frame_number(f) for f in packed.read(range(NUM_FRAMES))]
+        assert numbers == list(range(NUM_FRAMES)), packed.path
+
+
+def test_attention_input_uses_the_same_reader(kinds, reference, tmp_path):
+    frames = attention.read_frames(kinds["avi_mpeg4_23.976"], max_frames=5)
+    np.testing.assert_array_equal(frames, reference["avi_mpeg4_23.976"][:5])
+    (tmp_path / "notes.txt").write_text("not a video")
+    with pytest.raises(BadVideoError, match="notes.txt"):
+        attention.read_frames(str(tmp_path / "notes.txt"), max_frames=5)
+
+
+def test_attention_cli_reports_an_unreadable_video_in_one_line(tmp_path):
+    bad = tmp_path / "broken.avi"
+    bad.write_bytes(np.random.default_rng(1).bytes(2000))
+    proc = subprocess.run(
+        [sys.executable, "-m", "siammae_jax.eval", "attention", "--random=test/8",
+         "--image_size=32", f"--video={bad}", f"--out={tmp_path / 'out'}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: cannot read --video: {bad}: cannot open")
+    assert "Traceback" not in proc.stderr

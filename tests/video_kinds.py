@@ -1,0 +1,119 @@
+"""Small videos in the containers and codecs real folders hold, written with PyAV.
+
+Every frame carries its own number: a 16x16 block in the top-left corner of
+value ``counter(i)``, on a texture that moves 2 px per frame. So which frame a
+reader returned can be told from its pixels, independently of any timestamp.
+"""
+
+from __future__ import annotations
+
+import fractions
+from pathlib import Path
+
+import av
+import numpy as np
+from PIL import Image
+
+NUM_FRAMES = 40
+SIZE = (48, 64)
+BLOCK = 16
+
+
+def counter(i: int) -> int:
+    """The corner value of frame ``i`` (distinct, 6 apart)."""
+    return 12 + 6 * i
+
+
+def frames(n: int = NUM_FRAMES, size=SIZE, seed: int = 0) -> np.ndarray:
+    """uint8 [n, H, W, 3]: a moving smooth texture with a numbered corner."""
+    h, w = size
+    base = np.random.default_rng(seed).integers(0, 256, (h // 4, w // 4, 3))
+    base = np.asarray(Image.fromarray(base.astype(np.uint8)).resize((w, h)))
+    out = np.stack([np.roll(base, 2 * i, axis=1) for i in range(n)])
+    for i in range(n):
+        out[i, :BLOCK, :BLOCK] = counter(i)
+    return out
+
+
+def frame_number(frame: np.ndarray) -> int:
+    """The number a frame shows in its corner (nearest counter value)."""
+    value = float(frame[2 : BLOCK - 2, 2 : BLOCK - 2].mean())
+    return round((value - counter(0)) / (counter(1) - counter(0)))
+
+
+def _write(path, codec, rate, pix="yuv420p", options=None, format=None,
+           time_base=None, pts=None, data=None, bit_rate=None):  # fmt: skip
+    """Encodes ``data`` (default :func:`frames`) into ``path``; returns it."""
+    data = frames() if data is None else data
+    with av.open(str(path), "w", format=format) as out:
+        stream = out.add_stream(codec, rate=rate)
+        stream.height, stream.width = data.shape[1:3]
+        stream.pix_fmt = pix
+        stream.options = options or {}
+        if bit_rate is not None:
+            stream.codec_context.bit_rate = bit_rate
+        if time_base is not None:
+            stream.codec_context.time_base = time_base
+        for i, image in enumerate(data):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            if pix != "yuv420p":
+                frame = frame.reformat(format=pix)
+            if pts is not None:
+                frame.pts, frame.time_base = pts[i], time_base
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+    return str(path)
+
+
+# Irregular frame durations in ms (variable frame rate), 40 frames.
+VFR_MS = np.concatenate(
+    [[0], np.cumsum(np.random.default_rng(1).choice([20, 33, 50, 100], NUM_FRAMES - 1))]
+).astype(int)
+
+
+def write_kinds(root: Path) -> dict[str, str]:
+    """name -> path of one video per kind, each of :data:`NUM_FRAMES` frames."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    ms = fractions.Fraction(1, 1000)
+    return {
+        # H.264 with B-frames (pts != dts), 29.97 fps, a keyframe every 12.
+        "mp4_h264_bframes": _write(
+            root / "bframes.mp4", "libx264", fractions.Fraction(30000, 1001),
+            options={"x264-params": "bframes=3:b-adapt=0:keyint=12:scenecut=0"},
+        ),
+        # Variable frame rate: irregular timestamps, one keyframe.
+        "mp4_vfr": _write(
+            root / "vfr.mp4", "libx264", 30, time_base=ms, pts=VFR_MS.tolist(),
+        ),
+        # MPEG-4 Part 2 in AVI at 24000/1001 fps.
+        "avi_mpeg4_23.976": _write(
+            root / "mpeg4.avi", "mpeg4", fractions.Fraction(24000, 1001),
+            bit_rate=4_000_000,
+        ),
+        # Cinepak asked for a 1/1000000 time base: the AVI muxer writes a 1/600
+        # tick with 40 ticks (empty chunks) per frame at 15 fps; the header
+        # counts 1600 frames and says 600 fps.
+        "avi_cinepak_fine_timebase": _write(
+            root / "cinepak.avi", "cinepak", 15, pix="rgb24",
+            time_base=fractions.Fraction(1, 1000000),
+            pts=[i * 66667 for i in range(NUM_FRAMES)],
+        ),
+        # MPEG-2 program stream: no frame count in the header; timestamps
+        # change after a seek.
+        "mpg_mpeg2_ps": _write(root / "program.mpg", "mpeg2video", 25, format="mpeg"),
+        # MPEG-2 transport stream: seeks go by decoding timestamps.
+        "ts_mpeg2": _write(root / "transport.ts", "mpeg2video", 25, format="mpegts"),
+        "webm_vp9": _write(root / "clip.webm", "libvpx-vp9", 25),
+        "mkv_h264": _write(
+            root / "clip.mkv", "libx264", 25, options={"x264-params": "keyint=12"},
+        ),
+    }  # fmt: skip
+
+
+def decode_all(path: str) -> np.ndarray:
+    """Every frame by plain sequential decoding with PyAV (the reference)."""
+    with av.open(path) as container:
+        return np.stack(
+            [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+        )
