@@ -1,16 +1,22 @@
-"""Decoded, augmented frame pairs per second from mp4, frame folders and array_record.
+"""Decoded, augmented frame pairs per second from video containers, frame folders
+and array_record, and the cost of the video files' frame index.
 
 Usage: python benchmarks/data_throughput.py [--videos 16] [--frames 60]
-    [--seconds 4] [--workdir DIR]
+    [--seconds 4] [--workdir DIR] [--kinds avi_mpeg4,mkv_h264,...]
 
 Renders ``--videos`` synthetic videos (``siammae_jax.data.synthetic``) at 256p
 (256x448) and writes them as H.264 mp4 at two GOP lengths (30 and the
-synthetic default 12), as frame folders (JPEG quality 95) and as array_record
-(``prepare(..., short_side=256)`` of the GOP-30 mp4s, JPEG quality 90). Then,
-for each source, with ``PairSampler(size=224, repeats=2)``:
+synthetic default 12), as frame folders (JPEG quality 95), as array_record
+(``prepare(..., short_side=256)`` of the GOP-30 mp4s, JPEG quality 90) and in
+the other containers of ``--kinds`` (:data:`KINDS`, GOP 30). Then, for each
+source, with ``PairSampler(size=224, repeats=2)``:
 
 * ``map``: the per-video map alone in this process (``sampler(source[i], rng)``,
-  including opening the video): pairs/s on one core;
+  including opening the video): pairs/s on one core. For video files the frame
+  index is built anew for every video (the cache is emptied first), as in the
+  first epoch over a data set larger than the cache; ``index_ms`` is the time
+  to build one index (demuxing, no decoding) and ``restarts`` the reads that
+  decoded from the start of the file;
 * ``pipe(w)``: the full grain pipeline (``make_pipeline``, batches of 32 pairs)
   with ``num_workers=w`` for w in ``--workers``: pairs/s after a warm-up. The
   pipeline sees ``--records`` records that cycle over the videos (:class:`Tiled`):
@@ -32,6 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import av
 import numpy as np
 from absl import flags
 from PIL import Image
@@ -43,6 +50,17 @@ FPS = synthetic.FPS
 CRF = 15  # as synthetic.write_dataset; only the GOP differs between the mp4s
 JPEG_QUALITY = synthetic.JPEG_QUALITY
 TARGETS = {"array_record": 100.0, "mp4": 25.0}  # pairs/s/core, from issue 4
+# Other containers: name -> (suffix, codec, container format, encoder options).
+KINDS = {
+    "avi_mpeg4": (".avi", "mpeg4", None, {"qscale": "3"}),
+    "mkv_h264": (".mkv", "libx264", None, {"crf": str(CRF)}),
+    "webm_vp9": (".webm", "libvpx-vp9", None, {"crf": "32", "b": "0",
+                                                "deadline": "realtime",
+                                                "cpu-used": "8"}),
+    "mpg_mpeg2": (".mpg", "mpeg2video", "mpeg", {"qscale": "3"}),
+    "ts_mpeg2": (".ts", "mpeg2video", "mpegts", {"qscale": "3"}),
+}  # fmt: skip
+KIND_GOP = 30
 
 
 def write_mp4(path: Path, frames: np.ndarray, gop: int) -> None:
@@ -50,9 +68,27 @@ def write_mp4(path: Path, frames: np.ndarray, gop: int) -> None:
     video_lib.write_mp4(path, frames, fps=FPS, gop=gop, crf=CRF)
 
 
-def make_data(workdir: Path, videos: int, frames: int, size, gops) -> dict:
+def write_kind(path: Path, frames: np.ndarray, kind: str) -> None:
+    """``frames`` in the container and codec of ``KINDS[kind]``, GOP ``KIND_GOP``."""
+    suffix, codec, format, options = KINDS[kind]
+    with av.open(str(path), "w", format=format) as container:
+        stream = container.add_stream(codec, rate=FPS)
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.gop_size = KIND_GOP
+        stream.options = dict(options)
+        if codec == "mpeg4" or codec == "mpeg2video":
+            stream.codec_context.qscale = int(options["qscale"])
+        for frame in frames:
+            image = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            container.mux(stream.encode(image))
+        container.mux(stream.encode())
+
+
+def make_data(workdir: Path, videos: int, frames: int, size, gops, kinds) -> dict:
     """Writes every source format under ``workdir``; returns their paths and sizes."""
     paths = {f"mp4_gop{g}": workdir / f"mp4_gop{g}" for g in gops}
+    paths.update({kind: workdir / kind for kind in kinds})
     paths["frames"] = workdir / "frames"
     for p in paths.values():
         p.mkdir(parents=True, exist_ok=True)
@@ -60,6 +96,9 @@ def make_data(workdir: Path, videos: int, frames: int, size, gops) -> dict:
         video = synthetic.make_video(0, index, frames, size)
         for g in gops:
             write_mp4(paths[f"mp4_gop{g}"] / f"{video.name}.mp4", video.frames, g)
+        for kind in kinds:
+            file = paths[kind] / f"{video.name}{KINDS[kind][0]}"
+            write_kind(file, video.frames, kind)
         folder = paths["frames"] / video.name
         folder.mkdir(exist_ok=True)
         for t, frame in enumerate(video.frames):
@@ -85,7 +124,7 @@ def open_sources(paths: dict) -> dict:
     """The grain source of each data folder written by :func:`make_data`."""
     out = {}
     for name, path in paths.items():
-        if name.startswith("mp4"):
+        if name.startswith("mp4") or name in KINDS:
             out[name] = sources.VideoFolderSource(path)
         elif name == "frames":
             out[name] = sources.FrameFolderSource(path)
@@ -111,20 +150,37 @@ class Tiled:
 
 
 def map_rate(source, sampler: pairs.PairSampler, seconds: float) -> dict:
-    """Pairs/s of ``sampler(source[i], rng)`` in this process (one core)."""
+    """Pairs/s of ``sampler(source[i], rng)`` in this process (one core).
+
+    Video files build their frame index for every video (cold cache).
+    """
     sampler(source[0], np.random.default_rng(0))  # warm-up (imports, caches)
-    count, k, decoded = 0, 0, 0
+    count, k, decoded, restarts = 0, 0, 0, 0
     cpu, start = time.process_time(), time.perf_counter()
     while time.perf_counter() - start < seconds or k < len(source):
+        video_lib._INDEX_CACHE.clear()  # (and what seeking learnt per file)
+        video_lib._UNRELIABLE_SEEKS.clear()
         video = source[k % len(source)]
         count += len(sampler(video, np.random.default_rng(k))["frames"])
-        decoded += getattr(video, "frames_decoded", 0)  # mp4 only: seeks cost
+        decoded += getattr(video, "frames_decoded", 0)  # video files: seek cost
+        restarts += getattr(video, "restarts", 0)
         k += 1
     wall = time.perf_counter() - start
     cpu = time.process_time() - cpu
     out = {"pairs_per_s": count / wall, "pairs_per_cpu_s": count / cpu}
     out.update(pairs=count, frames_decoded_per_video=decoded / k)
+    if isinstance(source, sources.VideoFolderSource):
+        out.update(restarts_per_video=restarts / k, index_ms=index_ms(source))
     return out
+
+
+def index_ms(source: sources.VideoFolderSource) -> float:
+    """Milliseconds to build one video's frame index (mean over the source)."""
+    start = time.perf_counter()
+    for path in source.paths:
+        video_lib._INDEX_CACHE.clear()
+        video_lib.VideoFile(path)
+    return 1000 * (time.perf_counter() - start) / len(source)
 
 
 def pipeline_rate(
@@ -154,6 +210,7 @@ def table(result: dict) -> str:
     workers = result["config"]["workers"]
     head = ["source", "stored", "map pairs/s/core (wall)", "map pairs/CPU-s"]
     head += [f"pipeline w={w} pairs/s" for w in workers]
+    head += ["index ms/video", "frames decoded/video", "restarts/video"]
     head.append("target pairs/s/core")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in result["sources"].items():
@@ -169,7 +226,13 @@ def table(result: dict) -> str:
             f"{m['pairs_per_s']:.1f}",
             f"{m['pairs_per_cpu_s']:.1f}",
         ]
-        row += [f"{r[f'pipe_w{w}']['pairs_per_s']:.1f}" for w in workers]
+        row += [
+            f"{r[f'pipe_w{w}']['pairs_per_s']:.1f}" if f"pipe_w{w}" in r else "-"
+            for w in workers
+        ]
+        row.append(f"{m['index_ms']:.1f}" if "index_ms" in m else "-")
+        row.append(f"{m['frames_decoded_per_video']:.1f}")
+        row.append(f"{m['restarts_per_video']:.2f}" if "index_ms" in m else "-")
         row.append(met)
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
@@ -186,17 +249,24 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32, help="pairs per pipeline batch")
     p.add_argument("--records", type=int, default=1024, help="pipeline data set size")
     p.add_argument("--workdir", type=Path, help="data folder (default: a temp dir)")
+    p.add_argument(
+        "--kinds", default=",".join(KINDS), help="other containers ('' for none)"
+    )
     args = p.parse_args()
     flags.FLAGS.mark_as_parsed()  # grain workers read absl flags
     size = tuple(int(s) for s in args.size.split("x"))
     gops = [int(g) for g in args.gops.split(",")]
     workers = [int(w) for w in args.workers.split(",")]
+    kinds = [k for k in args.kinds.split(",") if k]
+    unknown = set(kinds) - set(KINDS)
+    if unknown:
+        p.error(f"unknown --kinds {sorted(unknown)}; choose from {list(KINDS)}")
     sampler = pairs.PairSampler(size=224, repeats=2)
 
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.workdir or Path(tmp)
         start = time.perf_counter()
-        paths = make_data(workdir, args.videos, args.frames, size, gops)
+        paths = make_data(workdir, args.videos, args.frames, size, gops, kinds)
         setup_s = time.perf_counter() - start
         result = {
             "config": dict(
@@ -206,6 +276,8 @@ def main() -> None:
                 fps=FPS,
                 gops=gops,
                 crf=CRF,
+                kinds={k: KINDS[k] for k in kinds},
+                kind_gop=KIND_GOP,
                 seconds=args.seconds,
                 batch=args.batch,
                 workers=workers,
@@ -224,7 +296,7 @@ def main() -> None:
             mib = _bytes(paths[name]) / 2**20 / args.videos
             r = {"stored": f"{mib:.2f} MiB/video"}
             r["map"] = map_rate(source, sampler, args.seconds)
-            for w in workers:
+            for w in workers if name not in KINDS else ():  # (map only)
                 tiled = Tiled(source, max(args.records, len(source)))
                 r[f"pipe_w{w}"] = pipeline_rate(
                     tiled, sampler, args.seconds, w, args.batch
