@@ -126,7 +126,10 @@ def _running(pid: int) -> bool:
 
 
 def _interrupted(workdir, data_dir, sig):
-    """Starts a run, sends ``sig`` once checkpoint 4 exists; returns the process."""
+    """Starts a run, sends ``sig`` once checkpoint 4 exists; returns the process.
+
+    SIGINT goes to the whole process group, as a terminal's Ctrl-C does.
+    """
     proc = subprocess.Popen(
         _command(workdir, data_dir),
         cwd=ROOT,
@@ -134,6 +137,7 @@ def _interrupted(workdir, data_dir, sig):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,
     )
     deadline = time.time() + 300
     while not (Path(workdir) / "checkpoints" / "4").exists():
@@ -141,8 +145,11 @@ def _interrupted(workdir, data_dir, sig):
         assert time.time() < deadline, "no checkpoint within 300 s"
         time.sleep(0.05)
     workers = _children(proc.pid)
-    proc.send_signal(sig)
-    proc.communicate(timeout=120)
+    if sig == signal.SIGINT:
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
+    proc.stderr_text = proc.communicate(timeout=120)[1]
     return proc, workers
 
 
@@ -180,7 +187,9 @@ def test_tensorboard_has_scalars_and_an_image(straight):
     assert images >= 1
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill", "term"])
+@pytest.mark.parametrize(
+    "sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=["kill", "term", "int"]
+)
 def test_exact_resume_after_signal(tmp_path, data_dir, straight, sig):
     proc, workers = _interrupted(tmp_path, data_dir, sig)
     assert workers, "expected a data-loader worker process"
@@ -191,8 +200,10 @@ def test_exact_resume_after_signal(tmp_path, data_dir, straight, sig):
     stopped_at = checkpoint.Checkpointer(
         tmp_path / "checkpoints", every=4
     ).latest_step()
-    if sig == signal.SIGTERM:
-        assert proc.returncode == 0
+    if sig != signal.SIGKILL:  # A clean stop, not a traceback.
+        assert proc.returncode == 0, proc.stderr_text[-3000:]
+        assert f"stopped by {signal.Signals(sig).name} after step" in proc.stderr_text
+        assert "Traceback" not in proc.stderr_text
         # A checkpoint at the step where it stopped (not only at multiples of 4).
         assert stopped_at == max(_losses(tmp_path))
     assert stopped_at < STEPS, "the run finished before the signal: not a resume test"
@@ -380,3 +391,17 @@ def test_a_folder_of_real_containers_trains_two_epochs_without_skips(tmp_path):
     assert listing.read_text().splitlines()[1:] == [
         f"{videos / 'notes.txt'}\tnot a video (.txt file)"
     ]
+
+
+def test_first_ctrl_c_requests_a_stop_and_a_second_aborts():
+    from siammae_jax.train import loop
+
+    flag = loop._Preemption()
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert flag.requested and flag.name == "SIGINT"
+        with pytest.raises(KeyboardInterrupt, match="second Ctrl-C"):
+            os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        flag.restore()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -186,8 +186,12 @@ def die_with_parent(worker_index: int, worker_count: int) -> None:
 
     Grain's workers otherwise outlive a trainer killed with SIGKILL (seen with
     grain 0.2.18). Linux only (``prctl(PR_SET_PDEATHSIG)``); elsewhere a no-op.
+    Workers also ignore Ctrl-C (SIGINT, sent by a terminal to the whole
+    process group): the trainer decides what it means, and needs its workers
+    to save a checkpoint.
     """
     del worker_index, worker_count
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if sys.platform.startswith("linux"):
         pr_set_pdeathsig = 1
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)

@@ -2,7 +2,7 @@
 
 Phases, each a function: validate -> mesh -> data -> schedule -> model and
 optimizer -> compile (memory analysis logged before step 0) -> restore or
-initialise -> loop (metrics, pictures, checkpoints, SIGTERM, divergence).
+initialise -> loop (metrics, pictures, checkpoints, SIGTERM/Ctrl-C, divergence).
 """
 
 from __future__ import annotations
@@ -212,18 +212,33 @@ def _barrier(name: str) -> None:
 
 
 class _Preemption:
-    """Sets a flag on SIGTERM (TPU preemption): save at the next step, exit."""
+    """A stop request: SIGTERM (TPU preemption) or a first Ctrl-C (SIGINT).
+
+    The loop then saves a checkpoint at the next step and exits cleanly; a
+    second Ctrl-C aborts at once (KeyboardInterrupt).
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
         self.requested = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        self.name = ""
+        self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
 
     def _handle(self, signum, frame):
-        logging.warning("SIGTERM: saving a checkpoint at the next step, then exiting")
+        if signum == signal.SIGINT and self.requested:
+            raise KeyboardInterrupt("second Ctrl-C: aborting without saving")
+        self.name = signal.Signals(signum).name
+        logging.warning(
+            "%s: saving a checkpoint at the next step, then exiting%s",
+            self.name,
+            " (Ctrl-C again aborts)" if signum == signal.SIGINT else "",
+        )
         self.requested = True
 
     def restore(self):
-        signal.signal(signal.SIGTERM, self._previous)
+        for s, previous in self._previous.items():
+            signal.signal(s, previous)
 
 
 def global_frames(run: Run, local: np.ndarray) -> jax.Array:
@@ -297,7 +312,7 @@ def _make_measures(config, model_def: state_lib.ModelDef):
 
 
 def train_loop(run: Run, state, logger: metrics.MetricsLogger):
-    """Steps from the state's step to the end (or SIGTERM); returns the state."""
+    """Steps from the state's step to the end (or a stop signal); returns the state."""
     c, total = run.config, run.schedule.total_steps
     start = int(state.step)
     key = jax.random.key(c.seed)
@@ -332,7 +347,7 @@ def train_loop(run: Run, state, logger: metrics.MetricsLogger):
             for hook in hooks:
                 hook(done)
             if stop:
-                logging.warning("stopped by SIGTERM after step %d", done)
+                logging.warning("stopped by %s after step %d", flag.name, done)
                 break
     finally:
         flag.restore()
