@@ -35,7 +35,7 @@ import numpy as np
 import optax
 
 from siammae_jax.data import synthetic
-from siammae_jax.models import flops
+from siammae_jax.models import definition, flops
 from siammae_jax.train import config as config_lib
 from siammae_jax.train import mesh as mesh_lib
 from siammae_jax.train import state as state_lib
@@ -97,7 +97,7 @@ def throughput(variant: str, batch: int, dtype: str, steps: int, peaks: dict):
         state, m = compiled(state, model_def.buffers, {"frames": frames}, key)
     jax.block_until_ready(m)
     seconds = (time.perf_counter() - start) / steps
-    train_flops = flops.pair_flops(**config_lib.model_kwargs(config))["train"]
+    train_flops = flops.pair_flops(**definition.model_kwargs(config.model))["train"]
     tflops = train_flops * batch / seconds / 1e12
     kind = jax.devices()[0].device_kind
     sheet = DATASHEET.get(kind, {}).get(dtype)

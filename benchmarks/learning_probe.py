@@ -23,14 +23,12 @@ import argparse
 import functools
 
 import jax
-import ml_collections
 import numpy as np
 
 from siammae_jax.data import pairs as pairs_lib
 from siammae_jax.eval import encoder, learning
-from siammae_jax.train import config as config_lib
+from siammae_jax.models.definition import ModelDef
 from siammae_jax.train import logs
-from siammae_jax.train import state as state_lib
 
 
 def parse_args() -> argparse.Namespace:
@@ -49,8 +47,7 @@ def parse_args() -> argparse.Namespace:
 def measure(checkpoint: str, gaps: list[int], videos: int, seed: int):
     """(model config, {gap: {measure: value or per-block tuple}}) of a checkpoint."""
     params, model_cfg, _ = encoder.load_checkpoint_params(checkpoint)
-    kwargs = config_lib.model_kwargs(ml_collections.ConfigDict({"model": model_cfg}))
-    model_def = state_lib.ModelDef(kwargs, [])
+    model_def = ModelDef.from_config(model_cfg)
 
     apply = functools.partial(learning.model_apply(model_def), params)
 

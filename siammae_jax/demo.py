@@ -65,9 +65,9 @@ def heldout(workdir: epath.Path, videos: int, size: int) -> epath.Path:
 
 def measures(config, state, workdir: epath.Path, videos: int) -> dict:
     """(a) past-frame use and (b) decoder correspondence, with a picture."""
-    from siammae_jax.train import state as state_lib
+    from siammae_jax.models.definition import ModelDef
 
-    model_def = state_lib.ModelDef(loop.config_lib.model_kwargs(config), [])
+    model_def = ModelDef.from_config(config.model)
     params = jax.device_get(state.params)
 
     apply = functools.partial(learning.model_apply(model_def), params)

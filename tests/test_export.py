@@ -17,7 +17,6 @@ from pathlib import Path
 import grain
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
@@ -26,8 +25,8 @@ from configs import siammae as siammae_config
 from siammae_jax import export, interop
 from siammae_jax.eval import encoder, learning
 from siammae_jax.models import vit
+from siammae_jax.models.definition import ModelDef
 from siammae_jax.train import checkpoint, optim
-from siammae_jax.train import config as config_lib
 from siammae_jax.train import mesh as mesh_lib
 from siammae_jax.train import state as state_lib
 
@@ -69,7 +68,7 @@ def trained(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("run")
     config = siammae_config.get_config("tiny")
     config.model.update(TEST_MODEL)
-    model_def = state_lib.ModelDef(config_lib.model_kwargs(config), [])
+    model_def = ModelDef.from_config(config.model)
     mesh = mesh_lib.make_mesh(config.mesh.to_dict(), jax.devices()[:1])
     tx = optim.make_optimizer(1e-3)
     state = state_lib.create_state(model_def, tx, mesh, seed=3)
@@ -148,10 +147,7 @@ def test_checkpoint_params_from_a_relative_path_and_the_probe(trained, monkeypat
     table = learning_probe.probe([workdir.name], [2], videos=2, seed=4).splitlines()
     cells = [c.strip() for c in table[-1].strip("|").split("|")]
     assert cells[0] == "2" and len(cells) == 9
-    model_def = state_lib.ModelDef(
-        config_lib.model_kwargs(ml_collections.ConfigDict({"model": model_cfg})),
-        [],
-    )
+    model_def = ModelDef.from_config(model_cfg)
 
     def apply(f1, f2, key, attention):
         return model_def.apply(

@@ -14,6 +14,7 @@ from conftest import TINY
 from jax.sharding import PartitionSpec as P
 
 from configs import siammae as siammae_config
+from siammae_jax.models.definition import ModelDef
 from siammae_jax.train import config as config_lib
 from siammae_jax.train import mesh as mesh_lib
 from siammae_jax.train import optim
@@ -26,7 +27,7 @@ MESHES = [dict(data=1), dict(data=8), dict(data=4, fsdp=2)]
 
 @pytest.fixture(scope="module")
 def setup():
-    model_def = state_lib.ModelDef(TINY, RULES)
+    model_def = ModelDef(TINY, RULES)
     lr = optim.schedule(1e-3, 20, 2)
     tx = optim.make_optimizer(lr)
     rng = np.random.default_rng(0)
@@ -210,9 +211,7 @@ def _cfg(**overrides):
 def test_bad_config_fails_before_compiling(overrides, field):
     with pytest.raises(ValueError, match=field):
         config_lib.validate(_cfg(**overrides), num_devices=8, num_hosts=1)
-        model_def = state_lib.ModelDef(
-            config_lib.model_kwargs(_cfg(**overrides)), RULES
-        )
+        model_def = ModelDef.from_config(_cfg(**overrides).model, RULES)
         del model_def
 
 

@@ -46,7 +46,7 @@ def model_apply(model_def) -> Callable[..., object]:
     per ``attention`` value; ``functools.partial(fn, params)`` is an ``Apply``.
 
     Args:
-      model_def: a ``siammae_jax.train.state.ModelDef``.
+      model_def: a ``siammae_jax.models.definition.ModelDef``.
     """
 
     @functools.partial(jax.jit, static_argnums=4)

@@ -4,23 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax.numpy as jnp
 import ml_collections
 
 from siammae_jax.data import pairs
+from siammae_jax.models import definition
 from siammae_jax.train import mesh as mesh_lib
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 FORMATS = ("", "video", "frames", "array_record", "synthetic")
-
-
-def model_kwargs(config: ml_collections.ConfigDict) -> dict:
-    """Keyword arguments of ``SiamMAE`` from ``config.model``."""
-    kw = config.model.to_dict()
-    dtype = kw.pop("dtype")
-    if dtype not in DTYPES:
-        raise ValueError(f"model.dtype={dtype!r} must be one of {sorted(DTYPES)}.")
-    return {**kw, "dtype": DTYPES[dtype]}
 
 
 def sampler(config: ml_collections.ConfigDict) -> pairs.PairSampler:
@@ -49,7 +39,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_hosts: int
         mesh_lib.check_rules(config.sharding_rules)
     except ValueError as e:
         raise ValueError(f"bad config: {e}") from None
-    model_kwargs(config)
+    definition.model_kwargs(config.model)
     sampler(config)
     data_parallel = data * fsdp
     checks = [

@@ -24,6 +24,7 @@ from etils import epath
 from siammae_jax.data import pipeline, sources, synthetic
 from siammae_jax.eval import learning
 from siammae_jax.models import flops
+from siammae_jax.models.definition import ModelDef
 from siammae_jax.train import checkpoint, metrics
 from siammae_jax.train import config as config_lib
 from siammae_jax.train import mesh as mesh_lib
@@ -44,7 +45,7 @@ class Run:
     config: ml_collections.ConfigDict
     workdir: epath.Path
     mesh: jax.sharding.Mesh
-    model_def: state_lib.ModelDef
+    model_def: ModelDef
     schedule: config_lib.Schedule
     step: Any  # the compiled train step
     abstract_state: state_lib.TrainState
@@ -273,7 +274,7 @@ def _pictures(run: Run, state, batch: dict, step: int) -> dict[str, np.ndarray]:
     return {"reconstruction": grid}
 
 
-def _make_predict(model_def: state_lib.ModelDef, seed: int):
+def _make_predict(model_def: ModelDef, seed: int):
     @jax.jit
     def predict(params, buffers, frames, step):
         x = step_lib.device_normalize(frames)
@@ -283,7 +284,7 @@ def _make_predict(model_def: state_lib.ModelDef, seed: int):
     return predict
 
 
-def _make_measures(config, model_def: state_lib.ModelDef):
+def _make_measures(config, model_def: ModelDef):
     """Learning measures on held-out synthetic videos (``train.measure_every``)."""
     if not config.train.measure_every:
         return None

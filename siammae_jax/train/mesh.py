@@ -8,19 +8,16 @@ parallelism layout is a config change: no model code moves.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import jax
 import numpy as np
-from flax import nnx
-from flax.linen import logical_to_mesh_axes
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from siammae_jax.models.definition import Rules
 
 MESH_AXES = ("data", "fsdp", "tensor")
 # Batch dimension of inputs: split over every data-parallel axis.
 BATCH_AXES = ("data", "fsdp")
-
-Rules = Sequence[tuple[str, str | tuple[str, ...] | None]]
 
 
 def mesh_shape(shape: dict[str, int], num_devices: int) -> tuple[int, int, int]:
@@ -71,21 +68,6 @@ def check_rules(rules: Rules) -> None:
                     f"sharding rule ({logical!r}, {mesh_axes!r}) names mesh axis "
                     f"{axis!r}; allowed: {list(MESH_AXES)}."
                 )
-
-
-def spec_for(names: Sequence[str | None] | None, rules: Rules) -> PartitionSpec:
-    """Logical axis names -> PartitionSpec (names without a rule: replicated)."""
-    if not names:
-        return PartitionSpec()
-    return PartitionSpec(*logical_to_mesh_axes(tuple(names), list(rules)))
-
-
-def state_specs(state: nnx.State, rules: Rules):
-    """PartitionSpecs of an ``nnx.State``'s variables, as a pure dict."""
-    specs = nnx.map_state(
-        lambda _, v: spec_for(v.get_metadata().get("out_sharding"), rules), state
-    )
-    return nnx.to_pure_dict(specs)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

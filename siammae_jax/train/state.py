@@ -8,11 +8,9 @@ import flax
 import jax
 import jax.numpy as jnp
 import optax
-from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from siammae_jax.models import SiamMAE
-from siammae_jax.train import mesh as mesh_lib
+from siammae_jax.models.definition import ModelDef
 
 
 @flax.struct.dataclass
@@ -30,33 +28,6 @@ class TrainState:
     params: Any
     opt_state: Any
     bad_in_a_row: jax.Array
-
-
-class ModelDef:
-    """The model's structure, fixed buffers and parameter layout, built once.
-
-    Attributes:
-      graphdef: ``nnx`` graph definition of the model.
-      buffers: non-trained variables (sin-cos position embeddings), pure dict.
-      param_specs: PartitionSpec per parameter under the given rules.
-    """
-
-    def __init__(self, model_kwargs: dict, rules: mesh_lib.Rules):
-        self.model_kwargs = dict(model_kwargs)
-        model = SiamMAE(**self.model_kwargs, rngs=nnx.Rngs(0))
-        self.patch = model.encoder.patch
-        self.graphdef, params, buffers = nnx.split(model, nnx.Param, ...)
-        self.buffers = nnx.to_pure_dict(buffers)
-        self.param_specs = mesh_lib.state_specs(params, rules)
-        self.buffer_specs = mesh_lib.state_specs(buffers, rules)
-
-    def init_params(self, key: jax.Array) -> dict:
-        model = SiamMAE(**self.model_kwargs, rngs=nnx.Rngs(params=key))
-        return nnx.to_pure_dict(nnx.split(model, nnx.Param, ...)[1])
-
-    def apply(self, params: dict, buffers: dict, *args, **kwargs):
-        """Runs the model on ``args`` with these parameters."""
-        return nnx.merge(self.graphdef, params, buffers)(*args, **kwargs)
 
 
 def state_shardings(

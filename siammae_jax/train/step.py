@@ -13,11 +13,11 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from siammae_jax.data import pairs
 from siammae_jax.models import layers
-from siammae_jax.train import config as config_lib
+from siammae_jax.models.definition import ModelDef
 from siammae_jax.train import mesh as mesh_lib
 from siammae_jax.train import optim
 from siammae_jax.train import state as state_lib
-from siammae_jax.train.state import ModelDef, TrainState
+from siammae_jax.train.state import TrainState
 
 
 def device_normalize(frames: jax.Array) -> jax.Array:
@@ -161,7 +161,7 @@ def build(config, mesh: Mesh, schedule) -> Built:
       schedule: a ``siammae_jax.train.config.Schedule`` (steps and peak lr).
     """
     rules = [tuple(r) for r in config.sharding_rules]
-    model_def = ModelDef(config_lib.model_kwargs(config), rules)
+    model_def = ModelDef.from_config(config.model, rules)
     o = config.optim
     lr = optim.schedule(
         schedule.peak_lr, schedule.total_steps, schedule.warmup_steps, o.end_lr
