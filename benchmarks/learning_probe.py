@@ -26,9 +26,10 @@ import jax
 import numpy as np
 
 from siammae_jax.data import pairs as pairs_lib
-from siammae_jax.eval import encoder, learning
+from siammae_jax.eval import learning
 from siammae_jax.models.definition import ModelDef
 from siammae_jax.train import logs
+from siammae_jax.weights import checkpoints
 
 
 def parse_args() -> argparse.Namespace:
@@ -46,7 +47,8 @@ def parse_args() -> argparse.Namespace:
 
 def measure(checkpoint: str, gaps: list[int], videos: int, seed: int):
     """(model config, {gap: {measure: value or per-block tuple}}) of a checkpoint."""
-    params, model_cfg, _ = encoder.load_checkpoint_params(checkpoint)
+    params, config, _ = checkpoints.load_params(checkpoint)
+    model_cfg = config["model"]
     model_def = ModelDef.from_config(model_cfg)
 
     apply = functools.partial(learning.model_apply(model_def), params)

@@ -48,6 +48,7 @@ from siammae_jax.data import synthetic
 from siammae_jax.eval import config as eval_config
 from siammae_jax.eval import encoder, tasks
 from siammae_jax.train import logs, loop
+from siammae_jax.weights import params as weight_params
 
 SCORES = ("J&F-Mean", "J-Mean", "F-Mean")
 
@@ -130,8 +131,9 @@ def heldout_davis(root: epath.Path, videos: int, size: int) -> epath.Path:
 def jf_scores(config, params, davis_root, workdir, seed: int) -> dict:
     """(c) J&F of the pre-trained vs a random-init encoder (as ``make demo``)."""
     size = config.model.image_size
-    trained = encoder.build_encoder(config.model.encoder, size)
-    encoder.set_params(trained, jax.device_get(params["encoder"]), "train state")
+    trained = weight_params.encoder_from(
+        config.model, jax.device_get(params["encoder"]), "train state"
+    )
     random = encoder.random_encoder(config.model.encoder, size, seed=seed + 1)
     cfg = eval_config.get_config().davis
     cfg.short_side = size

@@ -22,6 +22,10 @@ def get_config(arg: str = "vits16") -> ml_collections.ConfigDict:
         raise ValueError(f"config variant {arg!r} is not one of {VARIANTS}.")
     c = ml_collections.ConfigDict()
     c.seed = 0
+    # Warm start from shared weights (a workdir, an export, timm weights): the
+    # whole model or the encoder only; fresh optimizer and step 0. Ignored
+    # once the workdir holds a checkpoint (that run is resumed instead).
+    c.init_from = ""
     c.batch_size = 2048  # global pairs per step (paper)
 
     c.model = ml_collections.ConfigDict()

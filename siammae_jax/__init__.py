@@ -3,11 +3,18 @@
 __version__ = "0.1.0"
 
 
-def load_encoder(path):
-    """The ViT encoder of an export (see ``siammae_jax.export.load_encoder``).
+def load(path, variant=None):
+    """``(model, model_config)`` of any weights (see ``siammae_jax.weights.load``).
 
     Imported on first use, so ``import siammae_jax`` stays light.
     """
-    from siammae_jax.export import load_encoder as _load
+    from siammae_jax.weights import load as _load
 
-    return _load(path)
+    return _load(path, variant)
+
+
+def load_encoder(path, variant=None):
+    """The ViT encoder of any weights (see ``siammae_jax.weights.load_encoder``)."""
+    from siammae_jax.weights import load_encoder as _load
+
+    return _load(path, variant)

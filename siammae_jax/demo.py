@@ -29,6 +29,7 @@ from siammae_jax.data import synthetic
 from siammae_jax.eval import attention, encoder, learning, pictures, tasks
 from siammae_jax.eval import config as eval_config
 from siammae_jax.train import logs, loop, metrics
+from siammae_jax.weights import params as weight_params
 
 _WORKDIR = flags.DEFINE_string("workdir", "demo_out", "Where everything is written.")
 _QUICK = flags.DEFINE_bool("quick", False, "The ~3-minute version.")
@@ -99,8 +100,9 @@ def measures(config, state, workdir: epath.Path, videos: int) -> dict:
 def encoders(config, state, davis_root: epath.Path, workdir: epath.Path) -> dict:
     """(c) J&F of the pre-trained vs a random-init encoder, and attention maps."""
     size = config.model.image_size
-    trained = encoder.build_encoder(config.model.encoder, size)
-    encoder.set_params(trained, jax.device_get(state.params["encoder"]), "train state")
+    trained = weight_params.encoder_from(
+        config.model, jax.device_get(state.params["encoder"]), "train state"
+    )
     random = encoder.random_encoder(config.model.encoder, size, seed=1)
     cfg = eval_config.get_config().davis
     cfg.short_side = size

@@ -39,3 +39,44 @@ def tiny_apply(tiny_model):
         return nnx.merge(graphdef, state)(f1, f2, key, return_attention=True)
 
     return apply
+
+
+# A test-size SiamMAE config (``model`` section) for checkpoint and export tests.
+TEST_MODEL = {
+    "encoder": "test/8",
+    "image_size": 32,
+    "decoder_dim": 32,
+    "decoder_depth": 2,
+    "decoder_heads": 2,
+}
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """(workdir, encoder params) of a step-5 checkpoint written by the training
+    code (``TEST_MODEL``, parameters moved off their init so nothing is default)."""
+    import grain
+    import jax.numpy as jnp
+
+    from configs import siammae as siammae_config
+    from siammae_jax.models.definition import ModelDef
+    from siammae_jax.train import checkpoint, optim
+    from siammae_jax.train import mesh as mesh_lib
+    from siammae_jax.train import state as state_lib
+
+    workdir = tmp_path_factory.mktemp("run")
+    config = siammae_config.get_config("tiny")
+    config.model.update(TEST_MODEL)
+    model_def = ModelDef.from_config(config.model)
+    mesh = mesh_lib.make_mesh(config.mesh.to_dict(), jax.devices()[:1])
+    tx = optim.make_optimizer(1e-3)
+    state = state_lib.create_state(model_def, tx, mesh, seed=3)
+    noisy = jax.tree.map(
+        lambda x: x + 0.05 * jnp.sin(jnp.arange(x.size)).reshape(x.shape), state.params
+    )
+    state = state.replace(params=noisy)
+    ckpt = checkpoint.Checkpointer(workdir / "checkpoints", every=1, async_save=False)
+    data = iter(grain.MapDataset.range(4).to_iter_dataset())
+    ckpt.save(5, state, data, config, force=True)
+    ckpt.close()
+    return workdir, jax.device_get(state.params["encoder"])

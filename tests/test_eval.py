@@ -8,6 +8,7 @@ from flax import nnx
 from siammae_jax.data import pairs, synthetic
 from siammae_jax.eval import config as eval_config
 from siammae_jax.eval import davis, encoder, propagation, tasks
+from siammae_jax.weights import params as weight_params
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +39,9 @@ def test_feature_extractor_matches_model():
 def test_wrong_size_parameters_name_the_file():
     small = encoder.random_encoder("test/8", image_size=32)
     params = nnx.to_pure_dict(nnx.state(small, nnx.Param))
-    other = encoder.build_encoder("demo/8", 32)
+    other = weight_params.build_encoder("demo/8", 32)
     with pytest.raises(ValueError, match="weights.ckpt.*wrong shapes"):
-        encoder.set_params(other, params, "weights.ckpt")
+        weight_params.set_params(other, params, "weights.ckpt")
 
 
 def _one_hot_features(labels: np.ndarray, ids, noise: float, seed: int) -> np.ndarray:

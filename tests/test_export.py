@@ -14,30 +14,22 @@ import sys
 import types
 from pathlib import Path
 
-import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import TEST_MODEL
 from flax import nnx
 
-from configs import siammae as siammae_config
-from siammae_jax import export, interop
-from siammae_jax.eval import encoder, learning
+from siammae_jax import export, weights
+from siammae_jax.eval import learning
 from siammae_jax.models import vit
 from siammae_jax.models.definition import ModelDef
-from siammae_jax.train import checkpoint, optim
-from siammae_jax.train import mesh as mesh_lib
-from siammae_jax.train import state as state_lib
+from siammae_jax.weights import checkpoints, exports
+from siammae_jax.weights import params as weight_params
+from siammae_jax.weights import timm as interop
 
 ROOT = Path(__file__).resolve().parents[1]
-TEST_MODEL = {
-    "encoder": "test/8",
-    "image_size": 32,
-    "decoder_dim": 32,
-    "decoder_depth": 2,
-    "decoder_heads": 2,
-}
 
 
 def _env():
@@ -62,29 +54,8 @@ def _perturbed(variant="test/8", image_size=32, seed=0) -> vit.ViT:
     return model
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """(workdir, encoder params) of a checkpoint written by the training code."""
-    workdir = tmp_path_factory.mktemp("run")
-    config = siammae_config.get_config("tiny")
-    config.model.update(TEST_MODEL)
-    model_def = ModelDef.from_config(config.model)
-    mesh = mesh_lib.make_mesh(config.mesh.to_dict(), jax.devices()[:1])
-    tx = optim.make_optimizer(1e-3)
-    state = state_lib.create_state(model_def, tx, mesh, seed=3)
-    noisy = jax.tree.map(
-        lambda x: x + 0.05 * jnp.sin(jnp.arange(x.size)).reshape(x.shape), state.params
-    )
-    state = state.replace(params=noisy)
-    ckpt = checkpoint.Checkpointer(workdir / "checkpoints", every=1, async_save=False)
-    data = iter(grain.MapDataset.range(4).to_iter_dataset())
-    ckpt.save(5, state, data, config, force=True)
-    ckpt.close()
-    return workdir, jax.device_get(state.params["encoder"])
-
-
 def _reference_features(params, images):
-    model = encoder.set_params(encoder.build_encoder("test/8", 32), params, "state")
+    model = weight_params.encoder_from(TEST_MODEL, params, "state")
     return np.asarray(model.features(jnp.asarray(images)))
 
 
@@ -134,8 +105,9 @@ def test_checkpoint_params_from_a_relative_path_and_the_probe(trained, monkeypat
     it: its per-gap row repeats the learning measures computed here."""
     workdir, params = trained
     monkeypatch.chdir(workdir.parent)
-    restored, model_cfg, state_dir = encoder.load_checkpoint_params(workdir.name)
-    assert state_dir == workdir / "checkpoints" / "5" / "state"
+    restored, config, step_dir = checkpoints.load_params(workdir.name)
+    model_cfg = config["model"]
+    assert step_dir == workdir / "checkpoints" / "5"
     assert model_cfg["encoder"] == "test/8" and set(restored) >= {"encoder"}
     for got, want in zip(
         jax.tree.leaves(restored["encoder"]), jax.tree.leaves(params), strict=True
@@ -162,20 +134,20 @@ def test_checkpoint_params_from_a_relative_path_and_the_probe(trained, monkeypat
 def test_save_encoder_from_params_and_model(trained, tmp_path):
     _, params = trained
     cfg = dict(TEST_MODEL)
-    export.save_encoder(tmp_path / "a", params, cfg)
+    exports.save(tmp_path / "a", params, cfg)
     images = jnp.asarray(_images())
     want = _reference_features(params, images)
     np.testing.assert_allclose(
-        export.load_encoder(tmp_path / "a").features(images), want, atol=1e-6
+        weights.load_encoder(tmp_path / "a").features(images), want, atol=1e-6
     )
     # A model with a learned (imported) position embedding keeps it.
     model = _perturbed()
     model.pos_embed.set_value(model.pos_embed[...] + 0.3)
-    export.save_encoder(tmp_path / "b", model, cfg)
-    again = export.load_encoder(tmp_path / "b")
+    exports.save(tmp_path / "b", model, cfg)
+    again = weights.load_encoder(tmp_path / "b")
     np.testing.assert_array_equal(again.pos_embed[...], model.pos_embed[...])
-    with pytest.raises(FileNotFoundError, match="no encoder export"):
-        export.load_encoder(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no weights found"):
+        weights.load_encoder(tmp_path)
 
 
 def test_timm_layout_is_the_conv_and_fused_qkv():
@@ -381,11 +353,11 @@ def test_davis_eval_from_timm_weights(tmp_path):
     from siammae_jax.data import synthetic
 
     synthetic.write_dataset(tmp_path, videos=2, frames=6, size=(32, 32), progress=False)
-    weights = tmp_path / "vit_test8.safetensors"
-    interop.save_safetensors(weights, interop.to_timm_state_dict(_perturbed()))
+    timm_file = tmp_path / "vit_test8.safetensors"
+    interop.save_safetensors(timm_file, interop.to_timm_state_dict(_perturbed()))
     out = tmp_path / "out"
     proc = subprocess.run(
-        [sys.executable, "-m", "siammae_jax.eval", "davis", f"--weights={weights}"]
+        [sys.executable, "-m", "siammae_jax.eval", "davis", f"--weights={timm_file}"]
         + [f"--data={tmp_path / 'DAVIS'}", f"--out={out}"]
         + ["--config.davis.short_side=32"],
         cwd=ROOT,
@@ -396,6 +368,6 @@ def test_davis_eval_from_timm_weights(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["encoder"] == f"weights {weights} (test/8)"
+    assert summary["encoder"] == f"timm {timm_file} (test/8)"
     assert 0.0 <= summary["scores"]["J&F-Mean"] <= 1.0
     assert (out / "global_results-val.csv").exists()

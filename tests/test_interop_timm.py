@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from siammae_jax import export, interop
 from siammae_jax.models import vit
+from siammae_jax.weights import exports
+from siammae_jax.weights import timm as interop
 
 pytestmark = pytest.mark.interop
 torch = pytest.importorskip("torch")
@@ -133,7 +134,7 @@ def test_timm_export_folder_builds_in_timm(tmp_path):
     from timm.models.vision_transformer import VisionTransformer
 
     ours = vit.ViT("test/8", image_size=32, rngs=nnx.Rngs(0))
-    export.save_timm(tmp_path, ours)
+    exports.save(tmp_path, ours, {"encoder": "test/8", "image_size": 32}, format="timm")
     args = json.loads((tmp_path / "config.json").read_text())["model_args"]
     model = VisionTransformer(**args).eval()
     model.load_state_dict(load_file(tmp_path / "model.safetensors"), strict=True)

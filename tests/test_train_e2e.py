@@ -18,6 +18,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from siammae_jax.train import checkpoint
+from siammae_jax.weights import params as weight_params
 
 STEPS = 16
 FLAGS = [
@@ -366,8 +367,11 @@ def test_export_a_training_checkpoint_and_load_it_elsewhere(tmp_path, straight):
     assert proc.returncode == 0, proc.stderr[-3000:]
     from siammae_jax.eval import encoder
 
-    model = encoder.build_encoder("test/8", 32)
-    encoder.set_params(model, _params(straight, STEPS)["encoder"], "training state")
+    model = weight_params.encoder_from(
+        {"encoder": "test/8", "image_size": 32},
+        _params(straight, STEPS)["encoder"],
+        "training state",
+    )
     want = encoder.FeatureExtractor(model)(frames)
     np.testing.assert_allclose(np.load(tmp_path / "feats.npy"), want, atol=1e-5)
 

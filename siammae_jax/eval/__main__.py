@@ -1,7 +1,7 @@
 """Label-propagation evaluation CLI.
 
     python -m siammae_jax.eval davis|jhmdb|vip \
-        (--checkpoint WORKDIR_OR_STEP_DIR | --random SIZE | --weights FILE) \
+        (--weights PATH | --checkpoint WORKDIR_OR_STEP_DIR | --random SIZE) \
         --data ROOT --out DIR [--weights_variant S/16] [--config.davis.topk=7 ...]
     python -m siammae_jax.eval score-davis --data DAVIS_ROOT --results DIR [--set val]
     python -m siammae_jax.eval attention (--checkpoint DIR | --random SIZE) \
@@ -21,15 +21,21 @@ from absl import app, flags, logging
 from etils import epath
 from ml_collections import config_flags
 
+from siammae_jax import weights
 from siammae_jax.data import video
 from siammae_jax.eval import attention, davis, encoder, tasks
 from siammae_jax.eval import config as eval_config
 
 _CONFIG = config_flags.DEFINE_config_dict("config", eval_config.get_config())
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Training workdir or step dir.")
+_CHECKPOINT = flags.DEFINE_string(
+    "checkpoint", None, "Training workdir or step dir (same as --weights)."
+)
 _RANDOM = flags.DEFINE_string("random", None, "Random-init encoder, e.g. vits16.")
 _WEIGHTS = flags.DEFINE_string(
-    "weights", None, "timm-layout ViT weights (.safetensors, or .pt/.pth/.bin)."
+    "weights",
+    None,
+    "Any weights: a training workdir or step dir, an export folder, a "
+    ".safetensors file (ours or timm's) or a torch state dict (.pt/.pth/.bin).",
 )
 _WEIGHTS_VARIANT = flags.DEFINE_string(
     "weights_variant", None, "--weights size, e.g. S/16 (default: from the shapes)."
@@ -52,16 +58,12 @@ def _encoder():
     given = [_CHECKPOINT.value, _RANDOM.value, _WEIGHTS.value]
     if sum(bool(v) for v in given) != 1:
         raise app.UsageError("give exactly one of --checkpoint, --random and --weights")
-    if _CHECKPOINT.value:
-        model, cfg = encoder.load_checkpoint_encoder(_CHECKPOINT.value)
-        logging.info("encoder %s from %s", cfg["encoder"], _CHECKPOINT.value)
-        return model, f"checkpoint {_CHECKPOINT.value} ({cfg['encoder']})"
-    if _WEIGHTS.value:
-        from siammae_jax import interop
-
-        model = interop.load_timm_encoder(_WEIGHTS.value, _WEIGHTS_VARIANT.value)
-        logging.info("encoder %s from %s", model.variant, _WEIGHTS.value)
-        return model, f"weights {_WEIGHTS.value} ({model.variant})"
+    path = _CHECKPOINT.value or _WEIGHTS.value
+    if path:
+        kind, _ = weights.detect(path)
+        model = weights.load_encoder(path, _WEIGHTS_VARIANT.value)
+        logging.info("encoder %s from %s (%s)", model.variant, path, kind)
+        return model, f"{kind} {path} ({model.variant})"
     model = encoder.random_encoder(_RANDOM.value, _IMAGE_SIZE.value)
     return model, f"random-init {model.variant}"
 

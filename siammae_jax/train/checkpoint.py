@@ -21,6 +21,8 @@ from etils import epath
 from siammae_jax.train.state import TrainState
 
 _policies = ocp.checkpoint_managers
+# The items of a step folder (``<workdir>/checkpoints/<step>/<item>``).
+STATE_ITEM, DATA_ITEM, CONFIG_ITEM = "state", "data", "config"
 
 
 class _IteratorSnapshot:
@@ -87,27 +89,27 @@ class Checkpointer:
         force: bool = False,
     ) -> bool:
         """Starts saving ``step`` if the policy (or ``force``) says so."""
-        args = ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            data=grain.checkpoint.CheckpointSave(_IteratorSnapshot(iterator)),
-            config=ocp.args.JsonSave(json.loads(config.to_json())),
-        )
+        args = ocp.args.Composite(**{
+            STATE_ITEM: ocp.args.StandardSave(state),
+            DATA_ITEM: grain.checkpoint.CheckpointSave(_IteratorSnapshot(iterator)),
+            CONFIG_ITEM: ocp.args.JsonSave(json.loads(config.to_json())),
+        })  # fmt: skip
         return self.manager.save(step, args=args, force=force)
 
     def restore(
         self, step: int, abstract_state: TrainState, iterator: grain.DatasetIterator
     ) -> TrainState:
         """Restores the state onto ``abstract_state``'s shardings; sets the iterator."""
-        args = ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state),
-            data=grain.checkpoint.CheckpointRestore(iterator),
-        )
-        return self.manager.restore(step, args=args).state
+        args = ocp.args.Composite(**{
+            STATE_ITEM: ocp.args.StandardRestore(abstract_state),
+            DATA_ITEM: grain.checkpoint.CheckpointRestore(iterator),
+        })  # fmt: skip
+        return self.manager.restore(step, args=args)[STATE_ITEM]
 
     def saved_config(self, step: int) -> dict[str, Any]:
         """The config stored with ``step``."""
-        args = ocp.args.Composite(config=ocp.args.JsonRestore())
-        return self.manager.restore(step, args=args).config
+        args = ocp.args.Composite(**{CONFIG_ITEM: ocp.args.JsonRestore()})
+        return self.manager.restore(step, args=args)[CONFIG_ITEM]
 
     def wait(self) -> None:
         """Blocks until the asynchronous saves in flight are complete."""

@@ -20,16 +20,19 @@ import ml_collections
 import numpy as np
 from absl import logging
 from etils import epath
+from flax import nnx
 
+from siammae_jax import weights
 from siammae_jax.data import pipeline, sources, synthetic
 from siammae_jax.eval import learning
-from siammae_jax.models import flops
+from siammae_jax.models import SiamMAE, flops
 from siammae_jax.models.definition import ModelDef
 from siammae_jax.train import checkpoint, metrics
 from siammae_jax.train import config as config_lib
 from siammae_jax.train import mesh as mesh_lib
 from siammae_jax.train import state as state_lib
 from siammae_jax.train import step as step_lib
+from siammae_jax.weights import params as weight_params
 
 SKIPPED_VIDEOS = "skipped_videos.txt"  # in the workdir: unused files, with why
 
@@ -191,8 +194,11 @@ def restore_or_init(run: Run) -> state_lib.TrainState:
     """
     latest = run.ckpt.latest_step()
     if latest is None:
+        state = state_lib.create_state(run.model_def, run.tx, run.mesh, run.config.seed)
+        if run.config.get("init_from"):
+            return warm_start(state, run.config.init_from)
         logging.info("no checkpoint in %s: starting from scratch", run.ckpt.directory)
-        return state_lib.create_state(run.model_def, run.tx, run.mesh, run.config.seed)
+        return state
     saved = run.ckpt.saved_config(latest).get("model", {})
     changes = model_changes(saved, run.config.model.to_dict())
     if changes:
@@ -203,6 +209,42 @@ def restore_or_init(run: Run) -> state_lib.TrainState:
         )
     logging.info("resuming from step %d", latest)
     return run.ckpt.restore(latest, run.abstract_state, run.data)
+
+
+def warm_start(state: state_lib.TrainState, path: str) -> state_lib.TrainState:
+    """``state`` with the weights at ``path``: the whole model's parameters,
+    or the encoder's only (the decoder stays freshly initialised).
+
+    Raises:
+      FileNotFoundError: nothing loadable at ``path``.
+      ValueError: the weights do not fit this run's model (names the
+        parameters).
+    """
+    model, _ = weights.load(path)
+    whole = isinstance(model, SiamMAE)
+    loaded = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    target = state.params if whole else state.params["encoder"]
+    problems = weight_params.mismatches(target, loaded)
+    if problems:
+        raise ValueError(
+            f"init_from={path}: the weights do not fit this run's model "
+            f"({'; '.join(problems)})"
+        )
+    loaded = weight_params.like(loaded, target)
+    placed = jax.tree.map(
+        lambda x, t: jax.make_array_from_callback(
+            t.shape, t.sharding, lambda index: np.asarray(x)[index]
+        ),
+        loaded,
+        target,
+    )
+    params = placed if whole else {**state.params, "encoder": placed}
+    logging.info(
+        "warm start from %s: %s; fresh optimizer, step 0",
+        path,
+        "the whole model" if whole else "the encoder (decoder freshly initialised)",
+    )
+    return state.replace(params=params)
 
 
 def _barrier(name: str) -> None:

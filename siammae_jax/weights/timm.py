@@ -45,8 +45,8 @@ import numpy as np
 from etils import epath
 from flax import nnx
 
-from siammae_jax.eval import encoder
 from siammae_jax.models import vit
+from siammae_jax.weights import params as params_lib
 
 State = dict[str, np.ndarray]
 
@@ -172,15 +172,6 @@ def _from_block(state: State, prefix: str, heads: int) -> dict:
             "fc2": _from_linear(state, f"{prefix}.mlp.fc2"),
         },
     }
-
-
-def _expected_keys(depth: int) -> list[str]:
-    keys = ["cls_token", "pos_embed", "patch_embed.proj.weight"]
-    keys += ["patch_embed.proj.bias", "norm.weight", "norm.bias"]
-    for i in range(depth):
-        for name in ("norm1", "norm2", "attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"):
-            keys += [f"blocks.{i}.{name}.weight", f"blocks.{i}.{name}.bias"]
-    return keys
 
 
 def infer_variant(state: Mapping[str, Any]) -> str:
@@ -309,7 +300,7 @@ def from_timm_state_dict(
         },
         "norm": _from_norm(state, "norm"),
     }
-    encoder.set_params(model, params, source)
+    params_lib.set_params(model, params, source)
     native = _native_grid(tokens, model.grid, source)
     pos = vit.resample_pos_embed(state["pos_embed"], native, model.grid)
     model.pos_embed.set_value(np.asarray(pos, np.float32))
@@ -362,6 +353,21 @@ def save_safetensors(
     tensors = {k: np.ascontiguousarray(v) for k, v in state.items()}
     meta = {k: str(v) for k, v in (metadata or {}).items()}
     epath.Path(path).write_bytes(st_numpy.save(tensors, metadata=meta or None))
+
+
+def read_safetensors_metadata(path: str | epath.Path) -> dict[str, str]:
+    """The string metadata in a ``.safetensors`` file's header (no tensors read).
+
+    Raises:
+      ValueError: not a valid safetensors header (the path is named).
+    """
+    with epath.Path(path).open("rb") as f:
+        try:
+            size = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(size))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path}: not a valid safetensors file ({e}).") from None
+    return dict(header.get("__metadata__") or {})
 
 
 def read_safetensors(path: str | epath.Path) -> tuple[State, dict[str, str]]:
@@ -464,3 +470,20 @@ def load_timm_encoder(
     return from_timm_state_dict(
         load_weights(path), variant, image_size, source=str(path)
     )
+
+
+def load_timm(path: str | epath.Path, variant: str | None = None) -> vit.ViT:
+    """Our encoder from a timm-layout file, or an export folder holding
+    ``model.safetensors`` and the ``config.json`` that names its size."""
+    path = epath.Path(path)
+    if not path.is_dir():
+        return load_timm_encoder(path, variant)
+    image = None
+    config = path / "config.json"
+    if config.exists():
+        stored = json.loads(config.read_text()).get("siammae_jax")
+        if stored:
+            variant = variant or stored["model"]["encoder"]
+            image = stored["model"]["image_size"]
+    image = tuple(image) if isinstance(image, list) else image
+    return load_timm_encoder(path / "model.safetensors", variant, image)
