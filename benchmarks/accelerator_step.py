@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from siammae_jax.data import synthetic
+from siammae_jax.data import pairs, synthetic
 from siammae_jax.models import definition, flops
 from siammae_jax.train import config as config_lib
 from siammae_jax.train import mesh as mesh_lib
@@ -139,7 +139,7 @@ def numerics(variant: str, batch: int, steps: int) -> dict:
         frames = runs["frames"]
 
         def loss(params, f, key, model_def=model_def):
-            x = step_lib.device_normalize(f)
+            x = pairs.normalize(f)
             return model_def.apply(
                 params, model_def.buffers, x[:, 0], x[:, 1], key
             ).loss

@@ -25,7 +25,7 @@ from absl import app, flags
 from etils import epath
 
 from configs import siammae as configs
-from siammae_jax.data import synthetic
+from siammae_jax.data import pairs, synthetic
 from siammae_jax.eval import attention, encoder, learning, pictures, tasks
 from siammae_jax.eval import config as eval_config
 from siammae_jax.train import logs, loop, metrics
@@ -82,7 +82,7 @@ def measures(config, state, workdir: epath.Path, videos: int) -> dict:
     out["correspondence"] = learning.decoder_correspondence(
         apply, held, key, model_def.patch
     ).scalars()
-    x = loop.step_lib.device_normalize(held.frames[:4])
+    x = pairs.normalize(held.frames[:4])
     pred = apply(x[:, 0], x[:, 1], key, False)
     grid = metrics.reconstruction_grid(
         np.asarray(x[:, 0]), np.asarray(x[:, 1]), pred.mask, pred.pred, pred.target,

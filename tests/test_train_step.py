@@ -14,6 +14,7 @@ from conftest import TINY
 from jax.sharding import PartitionSpec as P
 
 from configs import siammae as siammae_config
+from siammae_jax.data import pairs
 from siammae_jax.models.definition import ModelDef
 from siammae_jax.train import config as config_lib
 from siammae_jax.train import mesh as mesh_lib
@@ -152,7 +153,7 @@ def test_gradient_accumulation_averages_micro_batches(setup):
     _, metrics = step(state, model_def.buffers, {"frames": batch}, jax.random.key(1))
 
     def loss(params, x, key):
-        x = step_lib.device_normalize(x)
+        x = pairs.normalize(x)
         return model_def.apply(params, model_def.buffers, x[:, 0], x[:, 1], key).loss
 
     key = jax.random.fold_in(jax.random.key(1), 0)
@@ -233,7 +234,7 @@ def test_epochs_to_steps():
 
 
 # ---------------------------------------------------------------------------
-# device_normalize and the step's semantics on a closed-form toy model.
+# pairs.normalize (on device) and the step's semantics on a closed-form toy model.
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406])  # by hand, not from pairs
 IMAGENET_STD = np.array([0.229, 0.224, 0.225])
@@ -243,9 +244,9 @@ def _normalize(frames):
     return (np.asarray(frames, np.float64) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
 
 
-def test_device_normalize_uint8_by_hand():
+def test_normalize_on_device_uint8_by_hand():
     frames = np.array([[0, 0, 0], [255, 255, 255], [51, 102, 204]], np.uint8)
-    out = step_lib.device_normalize(frames)
+    out = pairs.normalize(frames)
     assert out.dtype == np.float32
     want = [
         [-0.485 / 0.229, -0.456 / 0.224, -0.406 / 0.225],
@@ -254,19 +255,19 @@ def test_device_normalize_uint8_by_hand():
     ]
     np.testing.assert_allclose(out, want, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(
-        step_lib.device_normalize(jnp.asarray(frames)), want, rtol=1e-6, atol=1e-6
+        pairs.normalize(jnp.asarray(frames)), want, rtol=1e-6, atol=1e-6
     )
     with jax.enable_x64(True):  # float32 out even where float64 is the default
-        assert step_lib.device_normalize(jnp.asarray(frames)).dtype == np.float32
-        assert step_lib.device_normalize(jnp.asarray([0.5])).dtype == np.float32
+        assert pairs.normalize(jnp.asarray(frames)).dtype == np.float32
+        assert pairs.normalize(jnp.asarray([0.5])).dtype == np.float32
 
 
-def test_device_normalize_passes_floats_through_as_float32():
+def test_normalize_passes_floats_through_as_float32():
     frames = np.array([[0.5, -1.25, 300.0]], np.float64)  # already normalised
-    out = step_lib.device_normalize(frames)
+    out = pairs.normalize(frames)
     assert out.dtype == np.float32
     np.testing.assert_array_equal(out, frames)
-    out = step_lib.device_normalize(jnp.asarray(frames, jnp.bfloat16))
+    out = pairs.normalize(jnp.asarray(frames, jnp.bfloat16))
     assert out.dtype == np.float32
     np.testing.assert_array_equal(out, frames)
 

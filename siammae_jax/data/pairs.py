@@ -22,9 +22,21 @@ MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 
-def normalize(frames: np.ndarray) -> np.ndarray:
-    """uint8 RGB -> float32 normalised with ImageNet mean and std."""
-    return (frames.astype(np.float32) / 255.0 - MEAN) / STD
+def normalize(frames):
+    """uint8 RGB -> float32 normalised with ImageNet mean and std.
+
+    The one normalisation of the model's inputs (data pipeline, train step,
+    evaluation). Other dtypes are taken as normalised already and only cast to
+    float32. NumPy arrays give NumPy arrays; jax arrays (and tracers, so on
+    device inside ``jit``) give jax arrays.
+    """
+    if isinstance(frames, np.ndarray | np.generic):
+        xp = np
+    else:
+        import jax.numpy as xp  # Only where jax arrays come in.
+    if frames.dtype != np.uint8:
+        return frames.astype(xp.float32)
+    return (frames.astype(xp.float32) / 255.0 - MEAN) / STD
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -42,8 +41,7 @@ class FeatureExtractor:
 
         @jax.jit
         def features(state, frames):
-            x = (frames.astype(jnp.float32) / 255.0 - pairs.MEAN) / pairs.STD
-            return nnx.merge(graphdef, state).features(x)
+            return nnx.merge(graphdef, state).features(pairs.normalize(frames))
 
         self._state = state
         self._features: Callable = features

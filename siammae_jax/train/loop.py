@@ -23,7 +23,7 @@ from etils import epath
 from flax import nnx
 
 from siammae_jax import weights
-from siammae_jax.data import pipeline, sources, synthetic
+from siammae_jax.data import pairs, pipeline, sources, synthetic
 from siammae_jax.eval import learning
 from siammae_jax.models import SiamMAE, flops
 from siammae_jax.models.definition import ModelDef
@@ -319,7 +319,7 @@ def _pictures(run: Run, state, batch: dict, step: int) -> dict[str, np.ndarray]:
 def _make_predict(model_def: ModelDef, seed: int):
     @jax.jit
     def predict(params, buffers, frames, step):
-        x = step_lib.device_normalize(frames)
+        x = pairs.normalize(frames)
         key = jax.random.fold_in(jax.random.key(seed + 1), step)
         return x, model_def.apply(params, buffers, x[:, 0], x[:, 1], key)
 

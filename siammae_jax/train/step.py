@@ -20,14 +20,6 @@ from siammae_jax.train import state as state_lib
 from siammae_jax.train.state import TrainState
 
 
-def device_normalize(frames: jax.Array) -> jax.Array:
-    """uint8 frames -> float32 ImageNet-normalised (on device; floats pass through)."""
-    if frames.dtype != jnp.uint8:
-        return frames.astype(jnp.float32)
-    x = frames.astype(jnp.float32) / 255.0
-    return (x - jnp.asarray(pairs.MEAN)) / jnp.asarray(pairs.STD)
-
-
 def make_train_step(
     model_def: ModelDef,
     tx: optax.GradientTransformation,
@@ -45,7 +37,7 @@ def make_train_step(
     """
 
     def loss_fn(params, buffers, frames, key):
-        frames = layers.constrain(device_normalize(frames), ("batch",))
+        frames = layers.constrain(pairs.normalize(frames), ("batch",))
         out = model_def.apply(params, buffers, frames[:, 0], frames[:, 1], key)
         return out.loss
 
