@@ -43,7 +43,7 @@ import numpy as np
 from absl import flags
 from PIL import Image
 
-from siammae_jax.data import pairs, pipeline, prepare, sources, synthetic
+from siammae_jax.data import pairs, pipeline, prepare, sources, synthetic, video_file
 from siammae_jax.data import video as video_lib
 
 FPS = synthetic.FPS
@@ -158,8 +158,8 @@ def map_rate(source, sampler: pairs.PairSampler, seconds: float) -> dict:
     count, k, decoded, restarts = 0, 0, 0, 0
     cpu, start = time.process_time(), time.perf_counter()
     while time.perf_counter() - start < seconds or k < len(source):
-        video_lib._INDEX_CACHE.clear()  # (and what seeking learnt per file)
-        video_lib._UNRELIABLE_SEEKS.clear()
+        video_file._INDEX_CACHE.clear()  # (and what seeking learnt per file)
+        video_file._UNRELIABLE_SEEKS.clear()
         video = source[k % len(source)]
         count += len(sampler(video, np.random.default_rng(k))["frames"])
         decoded += getattr(video, "frames_decoded", 0)  # video files: seek cost
@@ -178,8 +178,8 @@ def index_ms(source: sources.VideoFolderSource) -> float:
     """Milliseconds to build one video's frame index (mean over the source)."""
     start = time.perf_counter()
     for path in source.paths:
-        video_lib._INDEX_CACHE.clear()
-        video_lib.VideoFile(path)
+        video_file._INDEX_CACHE.clear()
+        video_file.VideoFile(path)
     return 1000 * (time.perf_counter() - start) / len(source)
 
 

@@ -14,7 +14,8 @@ from PIL import Image
 
 from siammae_jax.data import sources
 from siammae_jax.data.prepare import SHARD_PATTERN, TMP_SUFFIX, prepare
-from siammae_jax.data.video import PackedVideo, VideoFile
+from siammae_jax.data.video import PackedVideo
+from siammae_jax.data.video_file import VideoFile
 
 SHAPES = {"a/clip1.mp4": (48, 64), "a/clip2.avi": (64, 48), "b/clip3.mp4": (48, 96)}
 BAD = ["a/corrupt.mp4", "b/empty.mp4", "b/truncated.mp4"]

@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from siammae_jax.data import sources
-from siammae_jax.data.video import BadVideoError, FrameFolder, VideoFile
+from siammae_jax.data.video import BadVideoError, FrameFolder
+from siammae_jax.data.video_file import VideoFile
 
 NUM_FRAMES = 40
 

@@ -24,8 +24,9 @@ from PIL import Image
 from video_kinds import NUM_FRAMES, frame_number
 
 from siammae_jax.data import pairs, pipeline, prepare, sources
-from siammae_jax.data import video as video_lib
-from siammae_jax.data.video import BadVideoError, FrameIndex, PackedVideo, VideoFile
+from siammae_jax.data import video_file as video_lib
+from siammae_jax.data.video import BadVideoError, PackedVideo
+from siammae_jax.data.video_file import FrameIndex, VideoFile
 from siammae_jax.eval import attention
 
 ROOT = Path(__file__).resolve().parents[1]

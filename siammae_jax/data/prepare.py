@@ -47,9 +47,9 @@ from siammae_jax.data.video import (
     RECORD_FORMAT,
     BadVideoError,
     FrameFolder,
-    VideoFile,
     encode_record,
 )
+from siammae_jax.data.video_file import VideoFile
 
 MANIFEST = "manifest.json"
 SHARD_PATTERN = "videos-{index:05d}-of-{count:05d}.array_record"

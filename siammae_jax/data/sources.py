@@ -30,15 +30,13 @@ from siammae_jax.data.video import (
     DEFAULT_FPS,
     FRAME_FOLDER_META,
     IMAGE_EXTENSIONS,
-    VIDEO_EXTENSIONS,
     BadVideoError,
     FrameFolder,
     PackedVideo,
     Video,
-    VideoFile,
     natural_key,
-    probe_video,
 )
+from siammae_jax.data.video_file import VIDEO_EXTENSIONS, VideoFile, probe_video
 
 FORMATS = ("video", "frames", "array_record")
 ARRAY_RECORD_SUFFIX = ".array_record"
@@ -128,7 +126,7 @@ def find_videos(
     """The videos under ``root`` (sorted) and ``(path, reason)`` for the rest.
 
     Known video suffixes are taken, known other suffixes are not, and any
-    other file is probed (:func:`~siammae_jax.data.video.probe_video`).
+    other file is probed (:func:`~siammae_jax.data.video_file.probe_video`).
     """
     videos, skipped = [], []
     for p in sorted(_all_files(root) if files is None else files, key=str):

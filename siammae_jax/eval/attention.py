@@ -12,7 +12,7 @@ import numpy as np
 from etils import epath
 from PIL import Image
 
-from siammae_jax.data import pairs, video
+from siammae_jax.data import pairs, video, video_file
 from siammae_jax.eval import pictures, tasks
 from siammae_jax.models import vit
 
@@ -21,7 +21,7 @@ def read_frames(path: str, max_frames: int) -> np.ndarray:
     """uint8 frames from a video file, a frame folder or one image.
 
     Video files go through the training data's reader
-    (:class:`~siammae_jax.data.video.VideoFile`), so frame ``i`` is the same
+    (:class:`~siammae_jax.data.video_file.VideoFile`), so frame ``i`` is the same
     picture here as there.
 
     Raises:
@@ -36,7 +36,7 @@ def read_frames(path: str, max_frames: int) -> np.ndarray:
     elif p.suffix.lower() in video.IMAGE_EXTENSIONS:
         return video.FrameFolder(p.parent, frames=[p.name], fps=1.0).read([0])
     else:
-        clip = video.VideoFile(p)
+        clip = video_file.VideoFile(p)
     count = min(clip.num_frames, max_frames)
     return clip.read(list(range(count)))
 
