@@ -4,18 +4,18 @@ Every field is overridable on the command line, e.g.
 ``python -m siammae_jax.eval davis ... --config.davis.topk=5``.
 """
 
+import dataclasses
+
 import ml_collections
+
+from siammae_jax.eval.propagation import PropagationConfig
 
 
 def _propagation(topk: int, radius: float) -> dict:
-    return {
-        "topk": topk,
-        "queue": 20,  # paper
-        "radius": radius,
-        "temperature": 0.7,  # assumed
-        "queue_mode": "videowalk",  # CRW/videowalk convention (assumed)
-        "chunk": 1024,  # target positions per affinity chunk (memory bound)
-    }
+    """PropagationConfig's defaults (queue, temperature, queue_mode, chunk:
+    documented there) with the task's ``topk`` and ``radius``."""
+    defaults = dataclasses.asdict(PropagationConfig())
+    return {**defaults, "topk": topk, "radius": radius}
 
 
 def get_config() -> ml_collections.ConfigDict:

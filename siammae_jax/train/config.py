@@ -9,6 +9,7 @@ import ml_collections
 from siammae_jax.data import pairs
 from siammae_jax.models import definition
 from siammae_jax.train import mesh as mesh_lib
+from siammae_jax.train import optim
 
 FORMATS = ("", "video", "frames", "array_record", "synthetic")
 
@@ -108,5 +109,5 @@ def schedule(config: ml_collections.ConfigDict, num_videos: int) -> Schedule:
             f"bad config: optim.warmup_epochs={o.warmup_epochs} gives {warmup} warmup "
             f"steps, not fewer than the {total} training steps."
         )
-    peak = o.base_lr * config.batch_size / o.lr_reference_batch
+    peak = optim.scaled_lr(o.base_lr, config.batch_size, o.lr_reference_batch)
     return Schedule(total, warmup, steps_per_epoch, peak)
