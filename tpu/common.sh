@@ -65,6 +65,59 @@ split_args() {
   done
 }
 
+# The one option parser of the tpu/ scripts:
+#
+#   parse_options SPEC... -- "$@"
+#
+# Each SPEC names an option and where it goes: "--flag=VAR" takes a value,
+# "--flag!VAR" is a switch (VAR=1), "--flag@ARRAY" appends "--flag=value" to
+# ARRAY (flags passed through), and "..." lets the words after a `--` go to
+# EXTRA. The options every script shares (common_option) are always known;
+# --flag=value is read like --flag value; -h/--help prints the script's
+# header comment.
+parse_options() {
+  local -A values=() switches=() appends=()
+  local rest=0 spec
+  while (($#)) && [[ $1 != -- ]]; do
+    spec=$1
+    case "$spec" in
+      *=*) values[${spec%%=*}]=${spec#*=} ;;
+      *!*) switches[${spec%%!*}]=${spec#*!} ;;
+      *@*) appends[${spec%%@*}]=${spec#*@} ;;
+      ...) rest=1 ;;
+      *) die "parse_options: bad spec $spec" ;;
+    esac
+    shift
+  done
+  shift # the -- between the specs and the arguments
+  EXTRA=()
+  split_args "$@"
+  set -- "${ARGS[@]+"${ARGS[@]}"}"
+  while (($#)); do
+    if [[ $1 == -- ]]; then
+      ((rest)) || die "unexpected arguments after --: ${*:2}"
+      shift && EXTRA=("$@") && break
+    elif [[ $1 == -h || $1 == --help ]]; then
+      usage && exit 0
+    elif [[ -n ${values[$1]+x} ]]; then
+      printf -v "${values[$1]}" '%s' "${2:?$1 needs a value}" && shift 2
+    elif [[ -n ${switches[$1]+x} ]]; then
+      printf -v "${switches[$1]}" '%s' 1 && shift
+    elif [[ -n ${appends[$1]+x} ]]; then
+      eval "${appends[$1]}+=(\"\$1=\${2:?\$1 needs a value}\")" && shift 2
+    else
+      common_option "$@"
+      ((SHIFT)) || die "unknown option $1"
+      shift "$SHIFT"
+    fi
+  done
+}
+
+# Prints the header comment of the running script (its usage).
+usage() {
+  awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
+}
+
 # Handles the options every script shares. Sets SHIFT to the words used
 # (0: not a common option).
 common_option() {

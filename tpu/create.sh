@@ -11,21 +11,7 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
 VERSION="" SPOT=0 QUEUED=0
-split_args "$@"
-set -- "${ARGS[@]}"
-while (($#)); do
-  case "$1" in
-    --version) VERSION=${2:?--version needs a value} && shift 2 ;;
-    --spot) SPOT=1 && shift ;;
-    --queued) QUEUED=1 && shift ;;
-    -h | --help) sed -n '2,9p' "$0" && exit 0 ;;
-    *)
-      common_option "$@"
-      ((SHIFT)) || die "unknown option $1"
-      shift "$SHIFT"
-      ;;
-  esac
-done
+parse_options --version=VERSION --spot!SPOT --queued!QUEUED -- "$@"
 require_tpu
 [[ -n $ACCELERATOR ]] || die "give --accelerator (e.g. v4-32)"
 slice_config "$ACCELERATOR"

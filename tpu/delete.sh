@@ -7,19 +7,7 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
 QUEUED=0
-split_args "$@"
-set -- "${ARGS[@]}"
-while (($#)); do
-  case "$1" in
-    --queued) QUEUED=1 && shift ;;
-    -h | --help) sed -n '2,5p' "$0" && exit 0 ;;
-    *)
-      common_option "$@"
-      ((SHIFT)) || die "unknown option $1"
-      shift "$SHIFT"
-      ;;
-  esac
-done
+parse_options --queued!QUEUED -- "$@"
 require_tpu
 gcloud_flags
 if ((QUEUED)); then

@@ -16,25 +16,7 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
 TASK="" CHECKPOINT="" DATA="" OUT="" WORKER=0 CPU=0 EXTRA=()
-split_args "$@"
-set -- "${ARGS[@]}"
-while (($#)); do
-  case "$1" in
-    --task) TASK=${2:?--task needs a value} && shift 2 ;;
-    --checkpoint) CHECKPOINT=${2:?--checkpoint needs a value} && shift 2 ;;
-    --data) DATA=${2:?--data needs a value} && shift 2 ;;
-    --out) OUT=${2:?--out needs a value} && shift 2 ;;
-    --worker) WORKER=${2:?--worker needs a value} && shift 2 ;;
-    --cpu) CPU=1 && shift ;;
-    --) shift && EXTRA=("$@") && break ;;
-    -h | --help) sed -n '2,14p' "$0" && exit 0 ;;
-    *)
-      common_option "$@"
-      ((SHIFT)) || die "unknown option $1"
-      shift "$SHIFT"
-      ;;
-  esac
-done
+parse_options --task=TASK --checkpoint=CHECKPOINT --data=DATA --out=OUT --worker=WORKER --cpu!CPU ... -- "$@"
 require_tpu
 [[ $TASK =~ ^(davis|jhmdb|vip|attention)$ ]] || die "give --task davis|jhmdb|vip|attention"
 [[ -n $CHECKPOINT && -n $DATA ]] || die "give --checkpoint and --data"

@@ -15,21 +15,7 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
 CONFIG=configs/siammae.py:vits16 WORKDIR="" EXTRA=()
-split_args "$@"
-set -- "${ARGS[@]}"
-while (($#)); do
-  case "$1" in
-    --config) CONFIG=${2:?--config needs a value} && shift 2 ;;
-    --workdir) WORKDIR=${2:?--workdir needs a value} && shift 2 ;;
-    --) shift && EXTRA=("$@") && break ;;
-    -h | --help) sed -n '2,13p' "$0" && exit 0 ;;
-    *)
-      common_option "$@"
-      ((SHIFT)) || die "unknown option $1"
-      shift "$SHIFT"
-      ;;
-  esac
-done
+parse_options --config=CONFIG --workdir=WORKDIR ... -- "$@"
 require_tpu
 [[ -n $ACCELERATOR ]] || die "give --accelerator (e.g. v4-32)"
 [[ $WORKDIR == gs://* ]] || die "give --workdir gs://... (shared by all workers)"

@@ -7,22 +7,8 @@ set -euo pipefail
 # shellcheck source=common.sh
 source "$(dirname "$0")/common.sh"
 
-WORKER=all LINES=20 FOLLOW=""
-split_args "$@"
-set -- "${ARGS[@]}"
-while (($#)); do
-  case "$1" in
-    --worker) WORKER=${2:?--worker needs a value} && shift 2 ;;
-    --lines) LINES=${2:?--lines needs a value} && shift 2 ;;
-    --follow) FOLLOW=-F && shift ;;
-    -h | --help) sed -n '2,5p' "$0" && exit 0 ;;
-    *)
-      common_option "$@"
-      ((SHIFT)) || die "unknown option $1"
-      shift "$SHIFT"
-      ;;
-  esac
-done
+WORKER=all LINES=20 FOLLOW=0
+parse_options --worker=WORKER --lines=LINES --follow!FOLLOW -- "$@"
 require_tpu
 [[ $LINES =~ ^[0-9]+$ ]] || die "--lines takes a number"
-tpu_ssh "$WORKER" "tail -n $LINES $FOLLOW $REMOTE_LOGS/train.log | sed \"s/^/[\$(hostname)] /\""
+tpu_ssh "$WORKER" "tail -n $LINES $( ((FOLLOW)) && echo -F) $REMOTE_LOGS/train.log | sed \"s/^/[\$(hostname)] /\""

@@ -14,23 +14,7 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
 VIDEOS="" OUT="" PREPARE_FLAGS=()
-split_args "$@"
-set -- "${ARGS[@]}"
-while (($#)); do
-  case "$1" in
-    --videos) VIDEOS=${2:?--videos needs a value} && shift 2 ;;
-    --out) OUT=${2:?--out needs a value} && shift 2 ;;
-    --short_side | --shard_size | --quality)
-      PREPARE_FLAGS+=("$1=${2:?$1 needs a value}") && shift 2
-      ;;
-    -h | --help) sed -n '2,11p' "$0" && exit 0 ;;
-    *)
-      common_option "$@"
-      ((SHIFT)) || die "unknown option $1"
-      shift "$SHIFT"
-      ;;
-  esac
-done
+parse_options --videos=VIDEOS --out=OUT --short_side@PREPARE_FLAGS --shard_size@PREPARE_FLAGS --quality@PREPARE_FLAGS -- "$@"
 require_tpu
 [[ -n $ACCELERATOR ]] || die "give --accelerator (the slice, for its number of workers)"
 [[ $VIDEOS == gs://* && $OUT == gs://* ]] || die "give --videos gs://... and --out gs://..."

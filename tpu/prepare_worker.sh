@@ -22,10 +22,11 @@ WORK=${PREPARE_TMP:-/tmp/siammae_prepare}/worker-$(printf '%03d' "$INDEX")
 mkdir -p "$WORK/videos"
 cd "$WORK"
 
-gcloud storage ls "$VIDEOS/**" | grep -Ei '\.(mp4|avi|webm|mkv|mov)$' |
-  LC_ALL=C sort >all.txt
+# Every file, not a suffix list: prepare tells videos from other files and
+# lists the others, with why, in its manifest.
+gcloud storage ls "$VIDEOS/**" | grep -v '/$' | LC_ALL=C sort >all.txt
 awk -v n="$COUNT" -v i="$INDEX" '(NR - 1) % n == i' all.txt >mine.txt
-echo "$(hostname): worker $INDEX of $COUNT packs $(wc -l <mine.txt) of $(wc -l <all.txt) videos"
+echo "$(hostname): worker $INDEX of $COUNT packs $(wc -l <mine.txt) of $(wc -l <all.txt) files"
 
 # One parallel copy per source folder, so relative paths are kept.
 sed "s|^$VIDEOS/||" mine.txt | while read -r rel; do dirname "$rel"; done |

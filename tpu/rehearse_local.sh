@@ -18,23 +18,7 @@ source "$(dirname "$0")/common.sh"
 
 WORKDIR="" HOSTS=2 DEVICES=4 CONFIG=configs/siammae.py:tiny KILL_AT="" KILL_HOST=""
 PORT="" EXTRA=()
-split_args "$@"
-set -- "${ARGS[@]}"
-while (($#)); do
-  case "$1" in
-    --workdir) WORKDIR=${2:?--workdir needs a value} && shift 2 ;;
-    --hosts) HOSTS=${2:?--hosts needs a value} && shift 2 ;;
-    --devices_per_host) DEVICES=${2:?--devices_per_host needs a value} && shift 2 ;;
-    --config) CONFIG=${2:?--config needs a value} && shift 2 ;;
-    --kill_at_step) KILL_AT=${2:?--kill_at_step needs a value} && shift 2 ;;
-    --kill_host) KILL_HOST=${2:?--kill_host needs a value} && shift 2 ;;
-    --port) PORT=${2:?--port needs a value} && shift 2 ;;
-    --dry-run) DRY_RUN=1 && shift ;;
-    --) shift && EXTRA=("$@") && break ;;
-    -h | --help) sed -n '2,14p' "$0" && exit 0 ;;
-    *) die "unknown option $1" ;;
-  esac
-done
+parse_options --workdir=WORKDIR --hosts=HOSTS --devices_per_host=DEVICES --config=CONFIG --kill_at_step=KILL_AT --kill_host=KILL_HOST --port=PORT ... -- "$@"
 [[ -n $WORKDIR ]] || die "give --workdir"
 [[ $HOSTS =~ ^[1-9][0-9]*$ && $DEVICES =~ ^[1-9][0-9]*$ ]] || die "--hosts and --devices_per_host take numbers"
 KILL_HOST=${KILL_HOST:-$((HOSTS - 1))}

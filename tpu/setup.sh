@@ -13,21 +13,7 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
 REPO="" COMMIT="" PYVER=3.11
-split_args "$@"
-set -- "${ARGS[@]}"
-while (($#)); do
-  case "$1" in
-    --repo) REPO=${2:?--repo needs a value} && shift 2 ;;
-    --commit) COMMIT=${2:?--commit needs a value} && shift 2 ;;
-    --python) PYVER=${2:?--python needs a value} && shift 2 ;;
-    -h | --help) sed -n '2,11p' "$0" && exit 0 ;;
-    *)
-      common_option "$@"
-      ((SHIFT)) || die "unknown option $1"
-      shift "$SHIFT"
-      ;;
-  esac
-done
+parse_options --repo=REPO --commit=COMMIT --python=PYVER -- "$@"
 require_tpu
 ROOT=$(cd "$TPU_DIR/.." && pwd)
 REPO=${REPO:-$(git -C "$ROOT" remote get-url origin 2>/dev/null || true)}

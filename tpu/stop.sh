@@ -8,19 +8,7 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
 WAIT=300
-split_args "$@"
-set -- "${ARGS[@]}"
-while (($#)); do
-  case "$1" in
-    --wait) WAIT=${2:?--wait needs a value} && shift 2 ;;
-    -h | --help) sed -n '2,5p' "$0" && exit 0 ;;
-    *)
-      common_option "$@"
-      ((SHIFT)) || die "unknown option $1"
-      shift "$SHIFT"
-      ;;
-  esac
-done
+parse_options --wait=WAIT -- "$@"
 require_tpu
 [[ $WAIT =~ ^[0-9]+$ ]] || die "--wait takes seconds"
 
