@@ -38,8 +38,6 @@ from PIL import Image
 from skimage.morphology import disk
 from tqdm import tqdm
 
-from siammae_jax.data import synthetic
-
 BOUND_TH = 0.008  # boundary tolerance, fraction of the image diagonal
 VOID = 255
 RESOLUTION = "480p"
@@ -268,19 +266,39 @@ def read_annotations(root: str | Path, seq: str) -> np.ndarray:
 # ------------------------------------------------------------------ writing
 
 
+@functools.cache
+def palette() -> np.ndarray:
+    """The DAVIS / PASCAL VOC colour map, uint8 [256, 3]."""
+    colours = np.zeros((256, 3), np.uint8)
+    for i in range(256):
+        c, r, g, b = i, 0, 0, 0
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        colours[i] = (r, g, b)
+    colours.flags.writeable = False
+    return colours
+
+
 def write_masks(
     out_dir: str | Path,
     seq: str,
     frame_names: Sequence[str],
     masks: np.ndarray | Sequence[np.ndarray],
+    compress_level: int = 6,
 ) -> Path:
     """Writes ``<out_dir>/<seq>/<frame>.png``: indexed PNGs, DAVIS palette.
+
+    Predictions and ground truth (``<root>/Annotations/480p``) alike.
 
     Args:
       out_dir: results folder.
       seq: sequence name.
       frame_names: one file stem per mask, e.g. ``00000``.
       masks: [T, H, W] integer object ids in 0..255, written as given.
+      compress_level: zlib level of the PNGs (1: fast, for large frames).
 
     Returns:
       The sequence folder.
@@ -294,7 +312,7 @@ def write_masks(
         )
     folder = Path(out_dir) / seq
     folder.mkdir(parents=True, exist_ok=True)
-    palette = synthetic.davis_palette().ravel().tolist()
+    colours = palette().ravel().tolist()
     for name, mask in zip(frame_names, masks, strict=True):
         mask = np.asarray(mask)
         if mask.ndim != 2 or mask.dtype.kind not in "iub":
@@ -305,9 +323,41 @@ def write_masks(
         if mask.size and (mask.min() < 0 or mask.max() > 255):
             raise ValueError(f"mask {name} of {seq!r} has ids outside 0..255")
         image = Image.fromarray(mask.astype(np.uint8))
-        image.putpalette(palette)  # "L" -> "P", the ids stay the pixel values
-        image.save(folder / f"{name}.png")
+        image.putpalette(colours)  # "L" -> "P", the ids stay the pixel values
+        image.save(folder / f"{name}.png", compress_level=compress_level)
     return folder
+
+
+def write_sequence(
+    root: str | Path,
+    seq: str,
+    jpegs: Sequence[bytes],
+    masks: np.ndarray,
+    compress_level: int = 6,
+) -> None:
+    """One ground-truth sequence in the official layout: ``JPEGImages``
+    (the given JPEG files) and ``Annotations`` (see :func:`write_masks`),
+    frames named ``00000``, ``00001``, ..."""
+    names = [f"{t:05d}" for t in range(len(jpegs))]
+    frames = Path(root) / "JPEGImages" / RESOLUTION / seq
+    frames.mkdir(parents=True, exist_ok=True)
+    for name, jpeg in zip(names, jpegs, strict=True):
+        (frames / f"{name}.jpg").write_bytes(jpeg)
+    write_masks(
+        Path(root) / "Annotations" / RESOLUTION, seq, names, masks, compress_level
+    )
+
+
+def write_set(root: str | Path, names: Sequence[str], split: str = "val") -> Path:
+    """``ImageSets/2017/<split>.txt`` listing ``names`` (and an empty train
+    list when none exists)."""
+    folder = Path(root) / "ImageSets" / "2017"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{split}.txt"
+    path.write_text("".join(f"{n}\n" for n in names))
+    if not (folder / "train.txt").exists():
+        (folder / "train.txt").write_text("")
+    return path
 
 
 # ------------------------------------------------------------------ metrics

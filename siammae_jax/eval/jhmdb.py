@@ -369,10 +369,50 @@ def write_predictions(
     folder = Path(out_dir) / cls / video
     folder.mkdir(parents=True, exist_ok=True)
     mat_path, json_path = folder / MAT_NAME, folder / "joint_positions.json"
-    scipy.io.savemat(mat_path, {"pos_img": (pred + 1.0).transpose(2, 1, 0)})
+    write_mat(mat_path, pred)
     record = {"class": cls, "video": video, "joints": _clean(pred)}
     json_path.write_text(json.dumps(record) + "\n")
     return mat_path, json_path
+
+
+def write_mat(path: str | Path, joints: np.ndarray) -> Path:
+    """``joint_positions.mat`` as JHMDB's: ``pos_img`` [2, 15, T], 1-based
+    (x, y), from 0-based joints [T, 15, 2]."""
+    pos_img = (np.asarray(joints, np.float64) + 1.0).transpose(2, 1, 0)
+    scipy.io.savemat(path, {"pos_img": pos_img})
+    return Path(path)
+
+
+def write_video(
+    root: str | Path,
+    cls: str,
+    video: str,
+    frames: np.ndarray,
+    joints: np.ndarray,
+    compress_level: int = 6,
+) -> None:
+    """One ground-truth video in the official layout: ``Rename_Images``
+    (RGB PNGs ``00001.png``, ...) and ``joint_positions`` (:func:`write_mat`)."""
+    images = Path(root) / "Rename_Images" / cls / video
+    images.mkdir(parents=True, exist_ok=True)
+    for t, frame in enumerate(frames):
+        Image.fromarray(frame).save(
+            images / f"{t + 1:05d}.png", compress_level=compress_level
+        )
+    mats = Path(root) / "joint_positions" / cls / video
+    mats.mkdir(parents=True, exist_ok=True)
+    write_mat(mats / MAT_NAME, joints)
+
+
+def write_split(
+    root: str | Path, classes: Mapping[str, Sequence[str]], split: int = 1
+) -> None:
+    """``splits/<class>_test_split<split>.txt`` marking every video as test."""
+    folder = Path(root) / "splits"
+    folder.mkdir(parents=True, exist_ok=True)
+    for cls, videos in classes.items():
+        lines = "".join(f"{v}.avi {TEST_LABEL}\n" for v in videos)
+        (folder / f"{cls}_test_split{split}.txt").write_text(lines)
 
 
 def write_summary(out_dir: str | Path, results: Mapping) -> tuple[Path, Path]:

@@ -7,9 +7,9 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from siammae_jax.data import synthetic
+from siammae_jax.eval import davis
 
-PALETTE = synthetic.davis_palette()
+PALETTE = davis.palette()
 
 # JHMDB's 15 joints (0 neck, 1 belly, 2 face, 3/4 shoulders, 5/6 hips,
 # 7/8 elbows, 9/10 knees, 11/12 wrists, 13/14 ankles) and their bones.

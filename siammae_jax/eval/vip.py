@@ -213,14 +213,18 @@ def write_parts(
     video: str,
     frame_names: Sequence[str],
     preds: np.ndarray | Sequence[np.ndarray],
+    compress_level: int = 6,
 ) -> list[Path]:
-    """Writes predicted class indices as ``<out_dir>/<video>/<frame>.png`` ("L" mode).
+    """Writes class indices as ``<out_dir>/<video>/<frame>.png`` ("L" mode).
+
+    Predictions and ground truth (``<root>/Category_ids``) alike.
 
     Args:
       out_dir: output root.
       video: video name.
       frame_names: one file stem per prediction.
       preds: [T, H, W] integer class indices in 0..255.
+      compress_level: zlib level of the PNGs (1: fast, for large frames).
 
     Returns:
       The written paths.
@@ -235,9 +239,36 @@ def write_parts(
         if pred.ndim != 2 or (pred.size and (pred.min() < 0 or pred.max() > 255)):
             raise ValueError(f"prediction for {name} must be [H, W] in 0..255")
         path = folder / f"{name}{LABEL_SUFFIX}"
-        Image.fromarray(pred.astype(np.uint8)).save(path)  # 2-D uint8 -> "L"
+        image = Image.fromarray(pred.astype(np.uint8))  # 2-D uint8 -> "L"
+        image.save(path, compress_level=compress_level)
         paths.append(path)
     return paths
+
+
+def write_video(
+    root: str | Path,
+    video: str,
+    jpegs: Sequence[bytes],
+    parts: np.ndarray,
+    compress_level: int = 6,
+) -> None:
+    """One ground-truth video in the official layout: ``Images`` (the given
+    JPEG files) and ``Category_ids`` (:func:`write_parts`), frames ``00000``..."""
+    names = [f"{t:05d}" for t in range(len(jpegs))]
+    images = Path(root) / "Images" / video
+    images.mkdir(parents=True, exist_ok=True)
+    for name, jpeg in zip(names, jpegs, strict=True):
+        (images / f"{name}{IMAGE_SUFFIX}").write_bytes(jpeg)
+    write_parts(Path(root) / "Category_ids", video, names, parts, compress_level)
+
+
+def write_list(root: str | Path, videos: Sequence[str], split: str = "val") -> Path:
+    """``lists/<split>_videos.txt`` listing ``videos``."""
+    folder = Path(root) / "lists"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{split}_videos.txt"
+    path.write_text("".join(f"{v}\n" for v in videos))
+    return path
 
 
 def _clean(value):
