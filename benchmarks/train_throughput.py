@@ -25,6 +25,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
+from siammae_jax.models import flops
 from siammae_jax.train import loop, metrics
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/siammae.py:tiny")
@@ -54,7 +55,7 @@ def main(argv):
     workdir = _WORKDIR.value or tempfile.mkdtemp(prefix="siammae_bench_")
     run = loop.setup(config, workdir)
     state = loop.restore_or_init(run)
-    peak = metrics.device_peak_flops()
+    peak = flops.device_peak_flops()
     reference = "device peak"
     if peak is None:
         sys.path.insert(0, "benchmarks")

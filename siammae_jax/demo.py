@@ -28,7 +28,7 @@ from configs import siammae as configs
 from siammae_jax.data import pairs, synthetic
 from siammae_jax.eval import attention, encoder, learning, pictures, tasks
 from siammae_jax.eval import config as eval_config
-from siammae_jax.train import logs, loop, metrics
+from siammae_jax.train import logs, loop
 from siammae_jax.weights import params as weight_params
 
 _WORKDIR = flags.DEFINE_string("workdir", "demo_out", "Where everything is written.")
@@ -84,13 +84,13 @@ def measures(config, state, workdir: epath.Path, videos: int) -> dict:
     ).scalars()
     x = pairs.normalize(held.frames[:4])
     pred = apply(x[:, 0], x[:, 1], key, False)
-    grid = metrics.reconstruction_grid(
+    grid = pictures.reconstruction_grid(
         np.asarray(x[:, 0]), np.asarray(x[:, 1]), pred.mask, pred.pred, pred.target,
         patch=model_def.patch, norm_pix=config.model.norm_pix_loss,
     )  # fmt: skip
     (workdir / "pictures").mkdir(exist_ok=True)
     pictures.save(workdir / "pictures" / "reconstruction.png", grid)
-    picture = learning.correspondence_picture(
+    picture = pictures.correspondence_picture(
         apply, held.first(4), key, model_def.patch, scale=3, per_row=2
     )
     pictures.save(workdir / "pictures" / "correspondence.png", picture)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from siammae_jax.data import synthetic
-from siammae_jax.eval import learning
+from siammae_jax.eval import learning, pictures
 
 PATCH, SIZE = 8, 32  # 4x4 patch grid
 
@@ -127,14 +127,14 @@ def _tiles(frame):
 
 def test_pan_truth_is_what_the_pixels_show(pan):
     """The hand truth agrees with the rendered frames (f2's tile is f1's tile at
-    the true patch) and ``_true_patches`` finds it, f2 -> f1 (not f1 -> f2)."""
+    the true patch) and ``true_patches`` finds it, f2 -> f1 (not f1 -> f2)."""
     truth, inside = _pan_truth()
     for i in range(len(PAN)):
         f1, f2 = _tiles(pan.frames[i, 0]), _tiles(pan.frames[i, 1])
         for q in np.flatnonzero(inside[i]):
             np.testing.assert_array_equal(f2[divmod(q, 4)], f1[tuple(truth[i, q])])
         assert 4 <= inside[i].sum() < 16
-    where, seen = learning._true_patches(pan, PATCH, (4, 4))
+    where, seen = learning.true_patches(pan, PATCH, (4, 4))
     np.testing.assert_array_equal(where, truth)
     np.testing.assert_array_equal(seen, inside)
 
@@ -205,7 +205,7 @@ def test_correspondence_picture_boxes_the_peak_and_the_truth(pan):
     height = rows * (SIZE * scale + 2) - 2
     colours = {}
     for name, fn in (("perfect", perfect), ("corner", corner)):
-        image = learning.correspondence_picture(
+        image = pictures.correspondence_picture(
             _attention_model(fn), pan, None, PATCH, scale=scale
         )
         assert image.shape == (height, 2 * SIZE * scale + 2, 3)
@@ -219,7 +219,7 @@ def test_correspondence_picture_boxes_the_peak_and_the_truth(pan):
     # attention peaks at the truth.
     assert colours["perfect"][0] == 0 and colours["perfect"][1] > 0
     assert colours["corner"][0] > 0 and colours["corner"][1] > 0
-    grid = learning.correspondence_picture(
+    grid = pictures.correspondence_picture(
         _attention_model(perfect), pan, None, PATCH, scale=scale, per_row=2
     )
     assert grid.shape == (

@@ -12,6 +12,8 @@ import pytest
 from clu import periodic_actions
 from PIL import Image
 
+from siammae_jax.eval import pictures
+from siammae_jax.models import flops
 from siammae_jax.train import metrics
 
 MEAN = np.array([0.485, 0.456, 0.406])
@@ -186,7 +188,7 @@ def test_reconstruction_grid_matches_patchwise_computation(norm_pix):
     f1, f2 = _frames(rng, b, h, w), _frames(rng, b, h, w)
     mask = (rng.random((b, n)) < 0.5).astype(np.float32)
     pred = rng.normal(size=(b, n, p * p * 3)).astype(np.float32)
-    grid = metrics.reconstruction_grid(
+    grid = pictures.reconstruction_grid(
         f1, jnp.asarray(f2), mask, pred, pred, p, norm_pix, max_pairs=4
     )
     assert grid.shape == (4 * h, 4 * w, 3) and grid.dtype == np.uint8
@@ -210,7 +212,7 @@ def test_reconstruction_of_true_target_is_f2_and_mask_is_grey():
     )
     mask = np.zeros((b, 16), np.float32)
     mask[:, ::3] = 1
-    grid = metrics.reconstruction_grid(
+    grid = pictures.reconstruction_grid(
         _frames(rng, b, s, s), f2, mask, target, target, p, True, separator=2
     )
     assert grid.shape == (2 * s + 2, 4 * s + 3 * 2, 3)
@@ -230,16 +232,16 @@ def test_reconstruction_grid_rejects_bad_shapes():
     f = np.zeros((2, 16, 16, 3), np.float32)
     pred = np.zeros((2, 4, 192), np.float32)
     with pytest.raises(ValueError, match="mask has shape"):
-        metrics.reconstruction_grid(f, f, np.zeros((2, 5)), pred, pred, 8, True)
+        pictures.reconstruction_grid(f, f, np.zeros((2, 5)), pred, pred, 8, True)
     with pytest.raises(ValueError, match="target has shape"):
-        metrics.reconstruction_grid(f, f, np.zeros((2, 4)), pred, pred[:, :3], 8, True)
+        pictures.reconstruction_grid(f, f, np.zeros((2, 4)), pred, pred[:, :3], 8, True)
 
 
 def test_device_peak_flops():
     assert jax.devices()[0].platform == "cpu"
-    assert metrics.device_peak_flops() is None
-    assert metrics.device_peak_flops(override=1e12) == 1e12
-    lookup = metrics._lookup_peak
+    assert flops.device_peak_flops() is None
+    assert flops.device_peak_flops(override=1e12) == 1e12
+    lookup = flops._lookup_peak
     assert lookup("TPU v4") == 275e12
     assert lookup("TPU v4 lite") == 138e12
     assert lookup("TPU v5 lite") == 197e12

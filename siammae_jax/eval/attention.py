@@ -10,7 +10,6 @@ from __future__ import annotations
 import jax
 import numpy as np
 from etils import epath
-from PIL import Image
 
 from siammae_jax.data import pairs, video, video_file
 from siammae_jax.eval import pictures, tasks
@@ -53,39 +52,24 @@ def attention_maps(model: vit.ViT, frames: np.ndarray, batch: int = 4) -> np.nda
     return maps.reshape(*maps.shape[:2], *grid)
 
 
-def _heat(amap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """A [h, w] map -> an RGB heat picture at ``size`` (min-max scaled)."""
-    lo, hi = amap.min(), amap.max()
-    x = (amap - lo) / max(hi - lo, 1e-12)
-    image = Image.fromarray((x * 255).astype(np.uint8)).resize(
-        size[::-1], Image.Resampling.BILINEAR
-    )
-    v = np.asarray(image, np.float32) / 255.0
-    # A blue -> yellow ramp, readable in print and for most colour blindness.
-    rgb = np.stack([v, v**0.8, 1.0 - v], axis=-1) * 255
-    return rgb.astype(np.uint8)
-
-
-def blend(frame: np.ndarray, heat: np.ndarray, alpha: float = 0.6) -> np.ndarray:
-    mix = frame.astype(np.float32) * (1 - alpha) + heat.astype(np.float32) * alpha
-    return mix.astype(np.uint8)
-
-
 def render(frames: np.ndarray, maps: np.ndarray, out: epath.Path, rows: int = 4):
     """Writes ``attention.png`` (grid) and ``attention.mp4`` (head average)."""
     out.mkdir(parents=True, exist_ok=True)
     size = frames.shape[1:3]
     grid_rows = []
     for t in pictures.pick_frames(len(frames), rows):
-        cells = [frames[t], blend(frames[t], _heat(maps[t].mean(0), size))]
-        cells += [_heat(m, size) for m in maps[t]]
+        cells = [
+            frames[t],
+            pictures.blend(frames[t], pictures.heat(maps[t].mean(0), size)),
+        ]
+        cells += [pictures.heat(m, size) for m in maps[t]]
         grid_rows.append(pictures.strip(cells))
     gap = np.full((2, grid_rows[0].shape[1], 3), 255, np.uint8)
     picture = np.concatenate([x for r in grid_rows for x in (r, gap)][:-1])
     pictures.save(out / "attention.png", picture)
     even = (size[0] // 2 * 2, size[1] // 2 * 2)
     movie = [
-        blend(f, _heat(m.mean(0), size))[: even[0], : even[1]]
+        pictures.blend(f, pictures.heat(m.mean(0), size))[: even[0], : even[1]]
         for f, m in zip(frames, maps, strict=True)
     ]
     if len(movie) > 1:

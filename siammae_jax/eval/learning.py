@@ -31,11 +31,9 @@ from typing import NamedTuple
 
 import jax
 import numpy as np
-from PIL import Image, ImageDraw
 
 from siammae_jax.data import pairs as pairs_lib
 from siammae_jax.data import synthetic
-from siammae_jax.eval import pictures
 
 # (f1, f2, key, return_attention) -> siammae.Output; normalised float frames.
 Apply = Callable[..., object]
@@ -148,7 +146,7 @@ def past_frame_use(
     )
 
 
-def _true_patches(held: HeldOut, patch: int, grid: tuple[int, int]):
+def true_patches(held: HeldOut, patch: int, grid: tuple[int, int]):
     """For every f2 patch centre: its true f1 patch (row, col) and visibility."""
     ys, xs = np.meshgrid(
         np.arange(grid[0]) * patch + (patch - 1) / 2,
@@ -212,7 +210,7 @@ def decoder_correspondence(
     """
     x = pairs_lib.normalize(held.frames)
     h, w = held.frames.shape[2] // patch, held.frames.shape[3] // patch
-    truth, seen = _true_patches(held, patch, (h, w))
+    truth, seen = true_patches(held, patch, (h, w))
     valid = seen & np.all((truth >= 0) & (truth < [h, w]), axis=-1)  # [B, N]
     own = np.stack(np.divmod(np.arange(h * w), w), -1)  # f2 patch's own (row, col)
     hits = {"masked": 0, "visible": 0}
@@ -240,70 +238,3 @@ def decoder_correspondence(
         chance=float(_near_share(truth, h, w)[valid].sum() / count),
         same_position=float((same & valid).sum() / count),
     )
-
-
-def _box(image: Image.Image, cell: tuple[int, int], size: int, colour) -> None:
-    y, x = cell[0] * size, cell[1] * size
-    ImageDraw.Draw(image).rectangle(
-        [x, y, x + size - 1, y + size - 1], outline=colour, width=max(1, size // 12)
-    )
-
-
-def correspondence_picture(
-    apply: Apply,
-    held: HeldOut,
-    key: jax.Array,
-    patch: int,
-    scale: int = 4,
-    per_row: int = 1,
-) -> np.ndarray:
-    """Where the last decoder block looks, for each held-out pair.
-
-    Each pair shows f2 with a masked patch boxed in red (the valid one nearest
-    the centre: its true source is visible in f1), then f1 darkened where that
-    patch's cross-attention (heads averaged, last block) is low, with the
-    attention peak boxed in yellow and the true source patch in green.
-    ``per_row`` pairs side by side (8-px white gaps) in each row (2-px gaps).
-
-    Returns:
-      uint8 image; with ``per_row=1``, [pairs * (scale * H + 2) - 2,
-      2 * scale * W + 2, 3] (pairs without a usable patch are left out).
-    """
-    x = pairs_lib.normalize(held.frames)
-    out = apply(x[:, 0], x[:, 1], key, True)
-    attn = np.asarray(out.attention)[:, -1].mean(1)[..., 1:]  # [B, N, N]
-    masked = np.asarray(out.mask) > 0
-    height, width = held.frames.shape[2:4]
-    h, w = height // patch, width // patch
-    truth, seen = _true_patches(held, patch, (h, w))
-    valid = seen & np.all((truth >= 0) & (truth < [h, w]), axis=-1) & masked
-    own = np.stack(np.divmod(np.arange(h * w), w), -1)
-    centre_distance = np.abs(own - (np.array([h, w]) - 1) / 2).sum(-1)
-    size = patch * scale
-    cells = []
-    for b in range(len(held.frames)):
-        if not valid[b].any():
-            continue
-        q = int(np.argmin(np.where(valid[b], centre_distance, np.inf)))
-        f2 = Image.fromarray(held.frames[b, 1]).resize((width * scale, height * scale))
-        _box(f2, tuple(own[q]), size, (255, 0, 0))
-        heat = attn[b, q].reshape(h, w) / attn[b, q].max()
-        heat = np.kron(heat, np.ones((size, size)))[..., None]
-        f1 = np.asarray(
-            Image.fromarray(held.frames[b, 0]).resize((width * scale, height * scale))
-        )
-        f1 = Image.fromarray((f1 * (0.25 + 0.75 * heat)).astype(np.uint8))
-        peak = int(attn[b, q].argmax())
-        _box(f1, (peak // w, peak % w), size, (255, 220, 0))
-        _box(f1, tuple(truth[b, q]), size, (0, 220, 0))
-        cells.append(pictures.strip([np.asarray(f2), np.asarray(f1)]))
-    if not cells:
-        raise ValueError("no held-out pair has a masked f2 patch visible in f1.")
-    blank = np.full_like(cells[0], 255)
-    cells += [blank] * (-len(cells) % per_row)
-    rows = [
-        pictures.strip(cells[i : i + per_row], gap=8)
-        for i in range(0, len(cells), per_row)
-    ]
-    gap = np.full((2, rows[0].shape[1], 3), 255, np.uint8)
-    return np.concatenate([r for row in rows for r in (gap, row)][1:], axis=0)

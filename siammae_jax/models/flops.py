@@ -8,6 +8,8 @@ passes (forward + backward), the usual convention for MFU.
 
 from __future__ import annotations
 
+import jax
+
 from siammae_jax.models import siammae, vit
 
 
@@ -77,3 +79,48 @@ def pair_flops(
         "forward": fwd,
         "train": 3 * fwd,
     }
+
+
+# Dense bf16 peak FLOP/s per chip, keyed by ``jax.Device.device_kind``.
+# Looked up case-insensitively: an exact key first, else the longest key that
+# starts the device kind (so "NVIDIA A100-SXM4-80GB" finds "NVIDIA A100").
+PEAK_FLOPS: dict[str, float] = {
+    "TPU v4": 275e12,
+    "TPU v4 lite": 138e12,  # v4i (inference chip); keeps it off "TPU v4".
+    "TPU v5 lite": 197e12,  # v5e
+    "TPU v5e": 197e12,
+    "TPU v5": 459e12,  # v5p reports "TPU v5".
+    "TPU v5p": 459e12,
+    "TPU v6 lite": 918e12,  # v6e, Trillium
+    "TPU v6e": 918e12,
+    "NVIDIA A100": 312e12,  # SXM and PCIe alike.
+    "NVIDIA H100": 989e12,  # SXM: "NVIDIA H100 80GB HBM3".
+    "NVIDIA H100 PCIe": 756e12,
+    "NVIDIA H200": 989e12,
+}
+
+
+def device_peak_flops(
+    device: jax.Device | None = None, override: float | None = None
+) -> float | None:
+    """Dense bf16 peak FLOP/s of one chip, or None when unknown (e.g. CPU).
+
+    Args:
+      device: the device to look up (default: ``jax.devices()[0]``).
+      override: returned as is when given (for chips missing from the table).
+    """
+    if override is not None:
+        return float(override)
+    device = jax.devices()[0] if device is None else device
+    if device.platform == "cpu":
+        return None
+    return _lookup_peak(device.device_kind)
+
+
+def _lookup_peak(device_kind: str) -> float | None:
+    kind = device_kind.lower()
+    table = {k.lower(): v for k, v in PEAK_FLOPS.items()}
+    if kind in table:
+        return table[kind]
+    prefixes = [k for k in table if kind.startswith(k)]
+    return table[max(prefixes, key=len)] if prefixes else None

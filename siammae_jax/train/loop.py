@@ -24,7 +24,7 @@ from flax import nnx
 
 from siammae_jax import weights
 from siammae_jax.data import pairs, pipeline, sources, synthetic
-from siammae_jax.eval import learning
+from siammae_jax.eval import learning, pictures
 from siammae_jax.models import SiamMAE, flops
 from siammae_jax.models.definition import ModelDef
 from siammae_jax.train import checkpoint, metrics
@@ -304,7 +304,7 @@ def _pictures(run: Run, state, batch: dict, step: int) -> dict[str, np.ndarray]:
     frames = batch["frames"][:4]
     out_frames, out = run.predict(state.params, run.model_def.buffers, frames, step)
     out_frames, out = jax.device_get((out_frames, out))
-    grid = metrics.reconstruction_grid(
+    grid = pictures.reconstruction_grid(
         out_frames[:, 0],
         out_frames[:, 1],
         out.mask,
@@ -423,7 +423,7 @@ class _Window:
             pairs_per_step=run.config.batch_size,
             flops_per_pair=run.flops_per_pair,
             num_devices=jax.device_count(),
-            peak_per_device=metrics.device_peak_flops(),
+            peak_per_device=flops.device_peak_flops(),
         )
         self.time, self.step = now, step
         return out
