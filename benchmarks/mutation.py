@@ -14,6 +14,13 @@ a mutant's run. A persistent JAX compilation cache (keyed by the compiled
 program, so a mutant that changes the computation always compiles afresh)
 spares the recompiles of programs a mutant leaves unchanged.
 
+mutmut's per-mutant test selection (the tests that executed the mutated
+function in the clean run) misses tests whose model was compiled by an earlier
+test's session fixture; so every mutant that survives is run once more, alone,
+against all of the module's test files (``MUTANT_UNDER_TEST``, stopping at the
+first failure), and counted as "killed on recheck" when they fail.
+``--recheck_only`` does just that on the scratch copies of an earlier run.
+
 Every module has a time budget; mutants not reached within it are reported as
 "not run", never as killed. Surviving mutants are matched against
 ``benchmarks/mutation_equivalent.toml`` (module, function, the line before and
@@ -102,7 +109,7 @@ class ModuleResult:
     def killed(self) -> int:
         # A mutant that hangs or crashes the interpreter is caught too (the
         # table shows how many timed out).
-        return self.count("killed", "timeout", "segfault")
+        return self.count("killed", "timeout", "segfault", RECHECKED)
 
     @property
     def rate(self) -> float:
@@ -178,13 +185,19 @@ def write_config(work: Path, module: str, tests: tuple[str, ...]) -> None:
     (work / "setup.cfg").write_text("\n".join(lines) + "\n")
 
 
-def run_mutmut(work: Path, budget: float, children: int) -> float:
-    """``mutmut run`` until it finishes or the budget runs out; wall seconds."""
-    mutmut = Path(sys.executable).with_name("mutmut")
+def _jax_cache_env(work: Path) -> dict[str, str]:
+    """The environment with a persistent JAX compilation cache beside ``work``."""
     env = dict(os.environ)
     env["JAX_COMPILATION_CACHE_DIR"] = str(work.parent / "jax_cache")
     env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+    return env
+
+
+def run_mutmut(work: Path, budget: float, children: int) -> float:
+    """``mutmut run`` until it finishes or the budget runs out; wall seconds."""
+    mutmut = Path(sys.executable).with_name("mutmut")
+    env = _jax_cache_env(work)
     start = time.monotonic()
     with open(work / "mutmut.log", "wb") as log:
         proc = subprocess.Popen(
@@ -244,6 +257,44 @@ def collect(work: Path, module: str) -> list[Mutant]:
     return mutants
 
 
+RECHECKED = "killed on recheck"
+
+
+def _recheck_one(work: Path, tests: tuple[str, ...], name: str, timeout: float) -> bool:
+    """True when the module's test files fail with mutant ``name`` active."""
+    env = _jax_cache_env(work)
+    env["MUTANT_UNDER_TEST"] = name
+    command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider"]
+    try:
+        proc = subprocess.run(
+            [*command, *tests], cwd=work / "mutants", env=env,
+            capture_output=True, timeout=timeout,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return True  # A hang is caught too (as mutmut's "timeout").
+    return proc.returncode not in (0, 5)  # 5: no tests collected
+
+
+def recheck(
+    work: Path, result: ModuleResult, children: int, timeout: float = 900
+) -> int:
+    """Runs every surviving mutant alone against all the module's test files;
+    marks those they catch. Returns how many were caught."""
+    import concurrent.futures
+
+    survivors = [m for m in result.mutants if m.status == "survived"]
+    with concurrent.futures.ThreadPoolExecutor(max(1, children)) as pool:
+        caught = list(
+            pool.map(
+                lambda m: _recheck_one(work, result.tests, m.name, timeout), survivors
+            )
+        )
+    for m, hit in zip(survivors, caught, strict=True):
+        if hit:
+            m.status, m.reason = RECHECKED, ""
+    return sum(caught)
+
+
 def mark_equivalent(result: ModuleResult, entries: list[dict]) -> list[dict]:
     """Gives listed survivors their reason; returns the entries that matched none."""
     used = set()
@@ -267,14 +318,16 @@ def mark_equivalent(result: ModuleResult, entries: list[dict]) -> list[dict]:
 
 def table(results: list[ModuleResult]) -> str:
     rows = [
-        "| module | test files | mutants | killed | equivalent / harmless | surviving "
-        "| not run (budget) | killed of non-equivalent | of which timed out | wall |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| module | test files | mutants | killed | of which on recheck "
+        "| equivalent / harmless | surviving | not run (budget) "
+        "| killed of non-equivalent | of which timed out | wall |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         rows.append(
             f"| `{r.module}` | {', '.join(f'`{t}`' for t in r.tests)} | {len(r.mutants)} "
-            f"| {r.killed} | {len(r.equivalent)} | {len(r.surviving)} | {r.not_run} "
+            f"| {r.killed} | {r.count(RECHECKED)} | {len(r.equivalent)} "
+            f"| {len(r.surviving)} | {r.not_run} "
             f"| {r.rate:.1%} | {r.count('timeout')} | {r.seconds / 60:.1f} min |"
         )
     return "\n".join(rows)
@@ -322,6 +375,11 @@ def main(argv=None) -> int:
     parser.add_argument("--budget", type=float, default=1200, help="seconds per module")
     parser.add_argument("--children", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "mutation")
+    parser.add_argument(
+        "--recheck_only",
+        action="store_true",
+        help="recheck the survivors of an earlier run's scratch copies (no mutmut run)",
+    )
     args = parser.parse_args(argv)
     args.out = args.out.resolve()  # mutmut runs its workers in another folder
     modules = args.module or list(MODULES)
@@ -335,10 +393,17 @@ def main(argv=None) -> int:
     for module in modules:
         tests = MODULES[module]
         print(f"{module}: mutating against {', '.join(tests)} ...", flush=True)
-        work = scratch_copy(module, args.out)
-        write_config(work, module, tests)
-        seconds = run_mutmut(work, args.budget, args.children)
+        work = args.out / module.replace("/", "__").removesuffix(".py")
+        seconds = 0.0
+        if not args.recheck_only:
+            work = scratch_copy(module, args.out)
+            write_config(work, module, tests)
+            seconds = run_mutmut(work, args.budget, args.children)
         result = ModuleResult(module, tests, seconds, collect(work, module))
+        start = time.monotonic()
+        caught = recheck(work, result, args.children)
+        result.seconds += time.monotonic() - start
+        print(f"  recheck: {caught} more survivors caught", flush=True)
         stale += mark_equivalent(result, entries)
         results.append(result)
         print(
