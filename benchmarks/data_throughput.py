@@ -160,6 +160,7 @@ def map_rate(source, sampler: pairs.PairSampler, seconds: float) -> dict:
     while time.perf_counter() - start < seconds or k < len(source):
         video_file._INDEX_CACHE.clear()  # (and what seeking learnt per file)
         video_file._UNRELIABLE_SEEKS.clear()
+        video_file._SEEK_BY_DTS.clear()
         video = source[k % len(source)]
         count += len(sampler(video, np.random.default_rng(k))["frames"])
         decoded += getattr(video, "frames_decoded", 0)  # video files: seek cost

@@ -24,6 +24,7 @@ from PIL import Image
 from video_kinds import NUM_FRAMES, frame_number
 
 from siammae_jax.data import pairs, pipeline, prepare, sources
+from siammae_jax.data import video as video_lib_base
 from siammae_jax.data import video_file as video_lib
 from siammae_jax.data.video import BadVideoError, PackedVideo
 from siammae_jax.data.video_file import FrameIndex, VideoFile
@@ -65,6 +66,7 @@ def _fresh_caches():
     """Each test builds its own frame indexes."""
     video_lib._INDEX_CACHE.clear()
     video_lib._UNRELIABLE_SEEKS.clear()
+    video_lib._SEEK_BY_DTS.clear()
 
 
 @pytest.mark.parametrize("name", KINDS)
@@ -124,13 +126,21 @@ def test_headers_that_mislead_arithmetic(kinds):
     assert pairs.PairSampler().gap_range(cinepak.num_frames, cinepak.fps) == (2, 24)
 
 
-def test_seeks_decode_one_gop_and_count_restarts(kinds, reference):
+def test_seeks_decode_one_gop_and_count_restarts(kinds, reference, tmp_path):
     video = VideoFile(kinds["mp4_h264_bframes"])  # a keyframe every 12 frames
     for wanted in ([39], [25, 27], [1, 38]):
         np.testing.assert_array_equal(
             video.read(wanted), reference["mp4_h264_bframes"][wanted]
         )
         assert video.frames_decoded <= len(wanted) * (12 + 4)  # (+ decoder delay)
+    # The package's own mp4 writer (B-frames, an edit list, GOP 12): a seek by
+    # the keyframe's presentation timestamp lands on it, not a GOP earlier.
+    path = str(tmp_path / "gop12.mp4")
+    video_lib_base.write_mp4(path, video_kinds.frames(), gop=12)
+    own = VideoFile(path)
+    for i in (13, 30, 39, 25):
+        assert frame_number(own.read([i])[0]) == i
+        assert own.frames_decoded <= 12 + 4 and own.restarts == 0, i
     transport = VideoFile(kinds["ts_mpeg2"])
     transport.read([30])
     assert transport.frames_decoded <= 12 + 4 and transport.restarts == 0

@@ -75,8 +75,9 @@ class FrameIndex:
         (stream time base); empty when ``seekable`` is False.
       keyframes: int64 ascending presentation timestamps of the keyframe
         packets.
-      keyframe_dts: int64 their decoding timestamps (what demuxers seek by;
-        the presentation timestamp where a packet has none).
+      keyframe_dts: int64 their decoding timestamps (what some demuxers, such
+        as MPEG-TS, seek by; the presentation timestamp where a packet has
+        none).
       time_base: the stream's time base, as ``"num/den"``.
       num_frames: frames in the video.
       fps: the measured frame rate: ``(num_frames - 1)`` over the time between
@@ -216,6 +217,8 @@ INDEX_CACHE_SIZE = 4096
 # Files whose seeks did not land where their index says (per process): read
 # from the start from then on.
 _UNRELIABLE_SEEKS: set = set()
+# Files whose demuxer seeks by decoding timestamps (per process).
+_SEEK_BY_DTS: set = set()
 
 
 def _file_key(path: str) -> tuple:
@@ -352,17 +355,23 @@ class VideoFile(Video):
         """
         late = 0
         limit = len(self._index.keyframes)  # Keyframes at or past it land late.
+        by_dts = self._key in _SEEK_BY_DTS
         with self._open() as container:
             stream = container.streams.video[0]
             key = self._index.keyframe_before(pending[0])
             while pending and key >= 0:
                 result = self._decode_after_seek(
-                    container, stream, key, limit, pending, out
+                    container, stream, key, limit, pending, out, by_dts
                 )
                 if result == "lost":
                     _UNRELIABLE_SEEKS.add(self._key)
                     return
-                if result == "late":  # Retry from the keyframe before.
+                if result == "late" and not by_dts:
+                    # Demuxers that seek by decoding timestamp (MPEG-TS) land
+                    # past a keyframe sought by its presentation timestamp.
+                    by_dts = True
+                    _SEEK_BY_DTS.add(self._key)
+                elif result == "late":  # Retry from the keyframe before.
                     late += 1
                     if late > _MAX_LATE_SEEKS:
                         _UNRELIABLE_SEEKS.add(self._key)
@@ -372,8 +381,13 @@ class VideoFile(Video):
                 elif pending:  # "jump"
                     key = self._index.keyframe_before(pending[0])
 
-    def _decode_after_seek(self, container, stream, key, limit, pending, out) -> str:
+    def _decode_after_seek(
+        self, container, stream, key, limit, pending, out, by_dts
+    ) -> str:
         """Seeks to keyframe number ``key`` (or before) and decodes forward.
+
+        The seek goes by the keyframe's presentation timestamp, or by its
+        decoding timestamp when ``by_dts``.
 
         Decoding starts at the first keyframe packet after the seek. Returns
         ``"done"`` when nothing is pending; ``"late"`` when that keyframe comes
@@ -385,8 +399,8 @@ class VideoFile(Video):
         program-stream demuxer gives other timestamps after a seek).
         """
         index = self._index
-        dts = int(index.keyframe_dts[key])
-        container.seek(dts, backward=True, any_frame=False, stream=stream)
+        target = index.keyframe_dts[key] if by_dts else index.keyframes[key]
+        container.seek(int(target), backward=True, any_frame=False, stream=stream)
         started = False
         for packet in container.demux(stream):
             if packet.size and packet.pts is not None:
