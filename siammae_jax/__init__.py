@@ -3,7 +3,7 @@
 __version__ = "0.1.0"
 
 
-def load(path, variant=None):
+def load(path, variant: str | None = None):  # -> (model, model_config)
     """``(model, model_config)`` of any weights (see ``siammae_jax.weights.load``).
 
     Imported on first use, so ``import siammae_jax`` stays light.
@@ -13,7 +13,7 @@ def load(path, variant=None):
     return _load(path, variant)
 
 
-def load_encoder(path, variant=None):
+def load_encoder(path, variant: str | None = None):  # -> ViT
     """The ViT encoder of any weights (see ``siammae_jax.weights.load_encoder``)."""
     from siammae_jax.weights import load_encoder as _load
 

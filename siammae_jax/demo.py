@@ -18,8 +18,10 @@ from __future__ import annotations
 import functools
 import json
 import time
+from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
 from absl import app, flags
 from etils import epath
@@ -45,7 +47,7 @@ def _say(message: str) -> None:
     print(f"[demo {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def train(workdir: epath.Path, steps: int):
+def train(workdir: epath.Path, steps: int) -> tuple[ml_collections.ConfigDict, Any]:
     config = configs.get_config("tiny")
     config.train.steps = steps
     config.data.path = str(workdir / "synthetic")
@@ -64,7 +66,9 @@ def heldout(workdir: epath.Path, videos: int, size: int) -> epath.Path:
     return root
 
 
-def measures(config, state, workdir: epath.Path, videos: int) -> dict:
+def measures(
+    config: ml_collections.ConfigDict, state: Any, workdir: epath.Path, videos: int
+) -> dict:
     """(a) past-frame use and (b) decoder correspondence, with a picture."""
     from siammae_jax.models.definition import ModelDef
 
@@ -97,7 +101,12 @@ def measures(config, state, workdir: epath.Path, videos: int) -> dict:
     return out
 
 
-def encoders(config, state, davis_root: epath.Path, workdir: epath.Path) -> dict:
+def encoders(
+    config: ml_collections.ConfigDict,
+    state: Any,
+    davis_root: epath.Path,
+    workdir: epath.Path,
+) -> dict:
     """(c) J&F of the pre-trained vs a random-init encoder, and attention maps."""
     size = config.model.image_size
     trained = weight_params.encoder_from(
@@ -185,7 +194,7 @@ def summary(workdir: epath.Path, m: dict, scores: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv):
+def main(argv: list[str]) -> None:
     del argv
     logs.quiet_library_logs()
     workdir = epath.Path(_WORKDIR.value)

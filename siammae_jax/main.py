@@ -32,7 +32,7 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process' index.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def main(argv):
+def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     quiet_library_logs()

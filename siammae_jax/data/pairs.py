@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -22,7 +23,7 @@ MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 
-def normalize(frames):
+def normalize(frames: Any) -> Any:
     """uint8 RGB -> float32 normalised with ImageNet mean and std.
 
     The one normalisation of the model's inputs (data pipeline, train step,
@@ -110,7 +111,9 @@ class PairSampler:
         first = rng.integers(0, num_frames - gaps)  # per pair, in [0, n - gap)
         return np.stack([first, first + gaps], axis=1)
 
-    def sample_crop(self, height: int, width: int, rng: np.random.Generator):
+    def sample_crop(
+        self, height: int, width: int, rng: np.random.Generator
+    ) -> tuple[int, int, int, int]:
         """(top, left, crop_height, crop_width): a random-resized crop box.
 
         Area and log-aspect uniform in ``scale`` and ``ratio``; up to 10 tries,
@@ -136,7 +139,9 @@ class PairSampler:
             h, w = height, width
         return (height - h) // 2, (width - w) // 2, h, w
 
-    def crop_resize(self, frame: np.ndarray, box, flip: bool) -> np.ndarray:
+    def crop_resize(
+        self, frame: np.ndarray, box: tuple[int, int, int, int], flip: bool
+    ) -> np.ndarray:
         """Crops ``box`` from a uint8 frame, resizes to ``size`` (bilinear), flips."""
         top, left, h, w = box
         image = Image.fromarray(frame).resize(

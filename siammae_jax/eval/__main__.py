@@ -74,7 +74,7 @@ def _print_table(title: str, scores: dict) -> None:
         print(f"  {key:<12} {value:.3f}")
 
 
-def main(argv):
+def main(argv: list[str]) -> None:
     if len(argv) != 2 or argv[1] not in COMMANDS:
         raise app.UsageError(f"give one command of {COMMANDS}, got {argv[1:]}")
     command = argv[1]

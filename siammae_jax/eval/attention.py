@@ -52,7 +52,9 @@ def attention_maps(model: vit.ViT, frames: np.ndarray, batch: int = 4) -> np.nda
     return maps.reshape(*maps.shape[:2], *grid)
 
 
-def render(frames: np.ndarray, maps: np.ndarray, out: epath.Path, rows: int = 4):
+def render(
+    frames: np.ndarray, maps: np.ndarray, out: epath.Path, rows: int = 4
+) -> None:
     """Writes ``attention.png`` (grid) and ``attention.mp4`` (head average)."""
     out.mkdir(parents=True, exist_ok=True)
     size = frames.shape[1:3]

@@ -185,13 +185,17 @@ def load_video(root: str | Path, cls: str, video: str) -> JhmdbVideo:
 # ------------------------------------------------------ encoding / decoding
 
 
-def to_grid(xy: np.ndarray, image_hw: Sequence[int], grid_hw: Sequence[int]):
+def to_grid(
+    xy: np.ndarray, image_hw: Sequence[int], grid_hw: Sequence[int]
+) -> np.ndarray:
     """Maps (x, y) image pixels to (x, y) grid cells (half-pixel centres)."""
     scale = np.array([grid_hw[1] / image_hw[1], grid_hw[0] / image_hw[0]])
     return (np.asarray(xy, np.float64) + 0.5) * scale - 0.5
 
 
-def from_grid(xy: np.ndarray, image_hw: Sequence[int], grid_hw: Sequence[int]):
+def from_grid(
+    xy: np.ndarray, image_hw: Sequence[int], grid_hw: Sequence[int]
+) -> np.ndarray:
     """Maps (x, y) grid cells to (x, y) image pixels; inverse of ``to_grid``."""
     scale = np.array([image_hw[1] / grid_hw[1], image_hw[0] / grid_hw[0]])
     return (np.asarray(xy, np.float64) + 0.5) * scale - 0.5

@@ -34,12 +34,13 @@ import numpy as np
 
 from siammae_jax.data import pairs as pairs_lib
 from siammae_jax.data import synthetic
+from siammae_jax.models.definition import ModelDef
 
 # (f1, f2, key, return_attention) -> siammae.Output; normalised float frames.
 Apply = Callable[..., object]
 
 
-def model_apply(model_def) -> Callable[..., object]:
+def model_apply(model_def: ModelDef) -> Callable[..., object]:
     """``(params, f1, f2, key, attention)`` -> the model's output, jitted once
     per ``attention`` value; ``functools.partial(fn, params)`` is an ``Apply``.
 
@@ -146,7 +147,9 @@ def past_frame_use(
     )
 
 
-def true_patches(held: HeldOut, patch: int, grid: tuple[int, int]):
+def true_patches(
+    held: HeldOut, patch: int, grid: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
     """For every f2 patch centre: its true f1 patch (row, col) and visibility."""
     ys, xs = np.meshgrid(
         np.arange(grid[0]) * patch + (patch - 1) / 2,

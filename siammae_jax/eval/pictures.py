@@ -3,6 +3,7 @@ reconstructions, decoder correspondence, attention heat maps, strips and grids."
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -63,7 +64,7 @@ def pick_frames(num_frames: int, count: int = 4) -> list[int]:
     )
 
 
-def save(path, image: np.ndarray) -> None:
+def save(path: str | os.PathLike, image: np.ndarray) -> None:
     Image.fromarray(image).save(path)
 
 

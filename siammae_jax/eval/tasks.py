@@ -9,6 +9,7 @@ video stops the run.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import ml_collections
@@ -19,10 +20,20 @@ from tqdm import tqdm
 
 from siammae_jax.eval import davis, jhmdb, pictures, propagation, vip
 
+PathLike = str | os.PathLike
+
 Extractor = Callable[[np.ndarray], np.ndarray]
 
 
-def input_size(height, width, patch, *, short_side=0, long_side=0, size=0):
+def input_size(
+    height: int,
+    width: int,
+    patch: int,
+    *,
+    short_side: int = 0,
+    long_side: int = 0,
+    size: int = 0,
+) -> tuple[int, int]:
     """The encoder's input size: a fixed square ``size``, or the short (long)
     side scaled to ``short_side`` (``long_side``), each side rounded to a
     multiple of the patch."""
@@ -60,7 +71,13 @@ def prop_config(section: ml_collections.ConfigDict) -> propagation.PropagationCo
     )
 
 
-def propagate_video(extract: Extractor, frames, first_labels, config, size):
+def propagate_video(
+    extract: Extractor,
+    frames: np.ndarray,
+    first_labels: np.ndarray,
+    config: ml_collections.ConfigDict,
+    size: tuple[int, int],
+) -> np.ndarray:
     """Features of the resized frames, then propagation of frame 0's [H, W, C]
     labels; returns soft labels on the feature grid [T, h, w, C]."""
     feats = extract(resize_frames(frames, size))
@@ -72,7 +89,10 @@ def _argmax_at(soft: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return propagation.grid_to_labels(soft, size).argmax(-1)
 
 
-def run_davis(extract, patch, root, out, cfg, overlays=3, progress=True) -> dict:
+def run_davis(
+    extract: Extractor, patch: int, root: PathLike, out: PathLike,
+    cfg: ml_collections.ConfigDict, overlays: int = 3, progress: bool = True,
+) -> dict:  # fmt: skip
     """DAVIS-2017 semi-supervised: indexed PNGs, then the official scores."""
     out = epath.Path(out)
     names = davis.read_set(root, cfg.split)
@@ -100,7 +120,10 @@ def _save_strip(path: epath.Path, frames, labels) -> None:
     pictures.save(path, pictures.strip(images))
 
 
-def run_jhmdb(extract, patch, root, out, cfg, overlays=3, progress=True) -> dict:
+def run_jhmdb(
+    extract: Extractor, patch: int, root: PathLike, out: PathLike,
+    cfg: ml_collections.ConfigDict, overlays: int = 3, progress: bool = True,
+) -> dict:  # fmt: skip
     """JHMDB pose propagation: 15 joint heatmaps, top-3 decoding, PCK."""
     out = epath.Path(out)
     preds, truths = [], []
@@ -126,7 +149,10 @@ def run_jhmdb(extract, patch, root, out, cfg, overlays=3, progress=True) -> dict
     return {k: v for k, v in results.items() if k.startswith("PCK@")}
 
 
-def run_vip(extract, patch, root, out, cfg, overlays=3, progress=True) -> dict:
+def run_vip(
+    extract: Extractor, patch: int, root: PathLike, out: PathLike,
+    cfg: ml_collections.ConfigDict, overlays: int = 3, progress: bool = True,
+) -> dict:  # fmt: skip
     """VIP part propagation: class-index PNGs and mIoU over all frames but 0."""
     out = epath.Path(out)
     confusion = vip.ConfusionMatrix()

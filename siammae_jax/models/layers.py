@@ -16,6 +16,7 @@ Logical axis names used throughout:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -33,7 +34,7 @@ HEADS = ("batch", "length", "heads", "kv")
 _xavier = nnx.initializers.xavier_uniform()
 
 
-def named(init, names: tuple[str | None, ...]):
+def named(init: Callable, names: tuple[str | None, ...]) -> Callable:
     """Wraps an initializer so its variable records logical axis ``names``.
 
     Sharding is not applied at creation (``eager_sharding=False``): the train

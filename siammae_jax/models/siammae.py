@@ -201,7 +201,7 @@ class SiamMAE(nnx.Module):
             decoder_dim, patch * patch * 3, ("decoder_embed", "patch"), **kw
         )
 
-    def encode_pair(self, f1, f2, key):
+    def encode_pair(self, f1: jax.Array, f2: jax.Array, key: jax.Array) -> tuple:
         """Encodes f1 whole and the visible patches of f2 (drawn from ``key``)."""
         grid = self.encoder.grid
         if f1.shape != f2.shape or f1.shape[1:3] != (
@@ -219,7 +219,14 @@ class SiamMAE(nnx.Module):
         z2, _ = self.encoder(f2, visible=visible)
         return z1, z2, restore, mask
 
-    def decode(self, z1, z2, restore, *, return_attention=False):
+    def decode(
+        self,
+        z1: jax.Array,
+        z2: jax.Array,
+        restore: jax.Array,
+        *,
+        return_attention: bool = False,
+    ) -> tuple:
         """Predicts every f2 patch from f1's tokens and f2's visible tokens.
 
         Returns ``(pred [B, N, p*p*3], attention [B, blocks, heads, N, 1+N] or

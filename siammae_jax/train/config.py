@@ -32,7 +32,9 @@ def sampler(config: ml_collections.ConfigDict) -> pairs.PairSampler:
         raise ValueError(f"config.data: {e}") from None
 
 
-def validate(config: ml_collections.ConfigDict, num_devices: int, num_hosts: int):
+def validate(
+    config: ml_collections.ConfigDict, num_devices: int, num_hosts: int
+) -> None:
     """Checks the config before anything is built; errors name the field."""
     o, t = config.optim, config.train
     try:

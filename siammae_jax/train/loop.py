@@ -60,7 +60,9 @@ class Run:
     flops_per_pair: float
 
 
-def open_data(config: ml_collections.ConfigDict, workdir: epath.Path):
+def open_data(
+    config: ml_collections.ConfigDict, workdir: epath.Path
+) -> sources.VideoFolderSource | sources.FrameFolderSource | sources.ArrayRecordSource:
     """The video source of ``config.data`` (the synthetic set is made on demand).
 
     Logs ``videos: N files, M usable, K skipped (see WORKDIR/skipped_videos.txt)``
@@ -107,7 +109,9 @@ def open_data(config: ml_collections.ConfigDict, workdir: epath.Path):
     return source
 
 
-def data_iterator(config, source) -> grain.DatasetIterator:
+def data_iterator(
+    config: ml_collections.ConfigDict, source: Any
+) -> grain.DatasetIterator:
     """This host's iterator of batches (its shard, its share of the batch)."""
     hosts = jax.process_count()
     ds = pipeline.make_pipeline(
@@ -354,7 +358,9 @@ def _make_measures(config, model_def: ModelDef):
     return measure
 
 
-def train_loop(run: Run, state, logger: metrics.MetricsLogger):
+def train_loop(
+    run: Run, state: state_lib.TrainState, logger: metrics.MetricsLogger
+) -> state_lib.TrainState:
     """Steps from the state's step to the end (or a stop signal); returns the state."""
     c, total = run.config, run.schedule.total_steps
     start = int(state.step)

@@ -8,6 +8,7 @@ parallelism layout is a config change: no model code moves.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import jax
 import numpy as np
@@ -50,7 +51,9 @@ def mesh_shape(shape: dict[str, int], num_devices: int) -> tuple[int, int, int]:
     return tuple(sizes)
 
 
-def make_mesh(shape: dict[str, int], devices=None) -> Mesh:
+def make_mesh(
+    shape: dict[str, int], devices: Sequence[jax.Device] | None = None
+) -> Mesh:
     """A mesh with axes ``data``, ``fsdp``, ``tensor`` (see ``mesh_shape``)."""
     devices = jax.devices() if devices is None else devices
     sizes = mesh_shape(shape, len(devices))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import optax
 
@@ -24,7 +26,7 @@ def schedule(
     )
 
 
-def decay_mask(params) -> dict:
+def decay_mask(params: Any) -> Any:
     """True for weight matrices (``kernel``); False for biases, norms and tokens."""
 
     def is_kernel(path, _):

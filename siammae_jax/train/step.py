@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -14,6 +15,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from siammae_jax.data import pairs
 from siammae_jax.models import layers
 from siammae_jax.models.definition import ModelDef
+from siammae_jax.train import config as config_lib
 from siammae_jax.train import mesh as mesh_lib
 from siammae_jax.train import optim
 from siammae_jax.train import state as state_lib
@@ -92,7 +94,7 @@ def compile_step(
     mesh: Mesh,
     rules: mesh_lib.Rules,
     batch_shapes: dict,
-):
+) -> tuple[Callable, object]:
     """Jits the step over ``mesh`` (state donated) and compiles it ahead of time.
 
     Returns:
@@ -144,7 +146,9 @@ class Built:
     memory: object
 
 
-def build(config, mesh: Mesh, schedule) -> Built:
+def build(
+    config: ml_collections.ConfigDict, mesh: Mesh, schedule: config_lib.Schedule
+) -> Built:
     """Model, optimizer and ahead-of-time compiled step of ``config`` on ``mesh``.
 
     Args:
