@@ -59,18 +59,20 @@ def _reference_features(params, images):
     return np.asarray(model.features(jnp.asarray(images)))
 
 
+def _python(*args: str) -> subprocess.CompletedProcess:
+    """Runs this interpreter with ``args`` in the checkout; it must succeed."""
+    proc = subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=_env(), capture_output=True,
+        text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
 def test_exports_load_in_a_fresh_process(trained, tmp_path):
     workdir, params = trained
-    proc = subprocess.run(
-        [sys.executable, "-m", "siammae_jax.export", f"--checkpoint={workdir}"]
-        + [f"--out={tmp_path / 'orbax'}"],
-        cwd=ROOT,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = _python("-m", "siammae_jax.export", f"--checkpoint={workdir}",
+                   f"--out={tmp_path / 'orbax'}")  # fmt: skip
     assert "tensors: 100%" in proc.stderr  # the progress bar
     export.export_checkpoint(workdir, tmp_path / "st", "safetensors", progress=False)
     export.export_checkpoint(workdir, tmp_path / "timm", "timm", progress=False)
@@ -85,15 +87,7 @@ def test_exports_load_in_a_fresh_process(trained, tmp_path):
         "feats = [np.asarray(siammae_jax.load_encoder(p).features(x)) for p in paths]\n"
         "np.save(d + '/features.npy', np.stack(feats))\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", script, str(tmp_path)],
-        cwd=ROOT,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    _python("-c", script, str(tmp_path))
     want = _reference_features(params, images)
     for got in np.load(tmp_path / "features.npy"):
         np.testing.assert_allclose(got, want, atol=1e-5)
@@ -356,17 +350,9 @@ def test_davis_eval_from_timm_weights(tmp_path):
     timm_file = tmp_path / "vit_test8.safetensors"
     interop.save_safetensors(timm_file, interop.to_timm_state_dict(_perturbed()))
     out = tmp_path / "out"
-    proc = subprocess.run(
-        [sys.executable, "-m", "siammae_jax.eval", "davis", f"--weights={timm_file}"]
-        + [f"--data={tmp_path / 'DAVIS'}", f"--out={out}"]
-        + ["--config.davis.short_side=32"],
-        cwd=ROOT,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    _python("-m", "siammae_jax.eval", "davis", f"--weights={timm_file}",
+            f"--data={tmp_path / 'DAVIS'}", f"--out={out}",
+            "--config.davis.short_side=32")  # fmt: skip
     summary = json.loads((out / "summary.json").read_text())
     assert summary["encoder"] == f"timm {timm_file} (test/8)"
     assert 0.0 <= summary["scores"]["J&F-Mean"] <= 1.0

@@ -25,7 +25,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import math
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -33,6 +32,8 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 from PIL import Image
+
+from siammae_jax.eval import summary
 
 NUM_JOINTS = 15
 NUM_CHANNELS = NUM_JOINTS + 1
@@ -333,21 +334,6 @@ def pck(
 # ------------------------------------------------------------------ writing
 
 
-def _clean(value):
-    """JSON-safe copy: numpy to Python, NaN/inf to None."""
-    if isinstance(value, Mapping):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, np.ndarray):
-        return _clean(value.tolist())
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def write_predictions(
     out_dir: str | Path, cls: str, video: str, pred: np.ndarray
 ) -> tuple[Path, Path]:
@@ -374,7 +360,7 @@ def write_predictions(
     folder.mkdir(parents=True, exist_ok=True)
     mat_path, json_path = folder / MAT_NAME, folder / "joint_positions.json"
     write_mat(mat_path, pred)
-    record = {"class": cls, "video": video, "joints": _clean(pred)}
+    record = {"class": cls, "video": video, "joints": summary.json_safe(pred)}
     json_path.write_text(json.dumps(record) + "\n")
     return mat_path, json_path
 
@@ -432,10 +418,8 @@ def write_summary(out_dir: str | Path, results: Mapping) -> tuple[Path, Path]:
     Returns:
       The (.json, .csv) paths.
     """
-    folder = Path(out_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    json_path, csv_path = folder / "jhmdb_summary.json", folder / "jhmdb_summary.csv"
-    json_path.write_text(json.dumps(_clean(dict(results)), indent=2) + "\n")
+    json_path, csv_path = summary.summary_paths(out_dir, "jhmdb")
+    summary.write_json(json_path, dict(results))
     keys = [k for k in results if k.startswith("PCK@")]
     with csv_path.open("w", newline="") as f:
         writer = csv.writer(f)

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from siammae_jax.eval import summary
 
 NUM_CLASSES = 20
 VOID = 255  # ignored by the metric; background for label propagation
@@ -271,18 +272,6 @@ def write_list(root: str | Path, videos: Sequence[str], split: str = "val") -> P
     return path
 
 
-def _clean(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    if isinstance(value, Mapping):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, np.generic | np.ndarray):
-        return _clean(value.tolist())
-    return value
-
-
 def write_summary(out_dir: str | Path, results: Mapping) -> tuple[Path, Path]:
     """Writes ``vip_summary.json`` (all of ``results``, NaN -> null) and ``vip_summary.csv``.
 
@@ -296,14 +285,14 @@ def write_summary(out_dir: str | Path, results: Mapping) -> tuple[Path, Path]:
     Returns:
       The (.json, .csv) paths.
     """
-    folder = Path(out_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    json_path, csv_path = folder / "vip_summary.json", folder / "vip_summary.csv"
-    json_path.write_text(json.dumps(_clean(dict(results)), indent=2) + "\n")
+    json_path, csv_path = summary.summary_paths(out_dir, "vip")
+    summary.write_json(json_path, dict(results))
     with csv_path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["class", "IoU"])
         for c, iou in enumerate(results.get("per_class_IoU", [])):
-            writer.writerow([c, "" if _clean(float(iou)) is None else float(iou)])
+            writer.writerow(
+                [c, "" if summary.json_safe(float(iou)) is None else float(iou)]
+            )
         writer.writerow(["mean", results["mIoU"]])
     return json_path, csv_path
