@@ -81,11 +81,16 @@ def measures(
         1, videos, config.model.image_size, gap=config.train.measure_gap
     )
     key = jax.random.key(123)
-    past = learning.past_frame_use(apply, held, key, model_def.patch)
-    out = {"past_frame": past._asdict()}
-    out["correspondence"] = learning.decoder_correspondence(
-        apply, held, key, model_def.patch
-    ).scalars()
+    scalars = learning.measures(apply, held, key, model_def.patch)
+    prefix = "past_frame_loss_"
+    out = {
+        "past_frame": {
+            k[len(prefix) :]: v for k, v in scalars.items() if k.startswith(prefix)
+        },
+        "correspondence": {
+            k: v for k, v in scalars.items() if k.startswith("correspondence")
+        },
+    }
     x = pairs.normalize(held.frames[:4])
     pred = apply(x[:, 0], x[:, 1], key, False)
     grid = pictures.reconstruction_grid(

@@ -195,6 +195,17 @@ class Correspondence(NamedTuple):
         return out
 
 
+def measures(
+    apply: Apply, held: HeldOut, key: jax.Array, patch: int
+) -> dict[str, float]:
+    """Past-frame use and decoder correspondence of one model on ``held``, as
+    the flat names of the training log (``past_frame_loss_*``,
+    ``correspondence*``)."""
+    past = past_frame_use(apply, held, key, patch)
+    out = {f"past_frame_loss_{k}": v for k, v in past._asdict().items()}
+    return {**out, **decoder_correspondence(apply, held, key, patch).scalars()}
+
+
 def _near_share(truth: np.ndarray, h: int, w: int) -> np.ndarray:
     """[B, N] share of the h x w grid within Chebyshev distance 1 of ``truth``."""
     rows = np.minimum(truth[..., 0] + 1, h - 1) - np.maximum(truth[..., 0] - 1, 0) + 1

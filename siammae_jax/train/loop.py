@@ -346,14 +346,7 @@ def _make_measures(config, model_def: ModelDef):
     def measure(params, step: int) -> dict[str, float]:
         key = jax.random.fold_in(jax.random.key(config.seed + 2), step)
         fn = functools.partial(apply, params)
-        past = learning.past_frame_use(fn, held, key, model_def.patch)
-        corr = learning.decoder_correspondence(fn, held, key, model_def.patch)
-        return {
-            "past_frame_loss_true": past.true,
-            "past_frame_loss_other": past.other,
-            "past_frame_loss_shuffled": past.shuffled,
-            **corr.scalars(),
-        }
+        return learning.measures(fn, held, key, model_def.patch)
 
     return measure
 
