@@ -142,3 +142,27 @@ def test_timm_export_folder_builds_in_timm(tmp_path):
     np.testing.assert_allclose(
         _timm_tokens(model, images), _our_tokens(ours, images), atol=1e-4
     )
+
+
+def test_load_reads_a_torch_state_dict_to_the_same_features(trained, tmp_path):
+    """Issue 16: the torch format of ``siammae_jax.load`` (the others are in
+    test_weights.py), for the same weights as the training checkpoint."""
+    from conftest import TEST_MODEL
+
+    import siammae_jax
+    from siammae_jax.weights import params as weight_params
+
+    _, params = trained
+    ours = weight_params.encoder_from(TEST_MODEL, params, "reference")
+    state = {
+        k: torch.from_numpy(v) for k, v in interop.to_timm_state_dict(ours).items()
+    }
+    torch.save(state, tmp_path / "encoder.pth")
+    model, config = siammae_jax.load(tmp_path / "encoder.pth", "test/8")
+    assert config["encoder"] == "test/8"
+    images = _images(32)
+    np.testing.assert_allclose(
+        np.asarray(model.features(jnp.asarray(images))),
+        np.asarray(ours.features(jnp.asarray(images))),
+        atol=1e-5,
+    )
