@@ -57,6 +57,10 @@ MODULES: dict[str, tuple[str, ...]] = {
     "siammae_jax/data/pairs.py": ("tests/test_pairs.py",),
     "siammae_jax/eval/propagation.py": ("tests/test_propagation.py",),
     "siammae_jax/eval/davis.py": ("tests/test_davis.py", "tests/test_eval_runners.py"),
+    "siammae_jax/eval/davis_score.py": (
+        "tests/test_davis.py",
+        "tests/test_eval_runners.py",
+    ),
     "siammae_jax/eval/jhmdb.py": (
         "tests/test_jhmdb.py",
         "tests/test_jhmdb_vip.py",

@@ -16,7 +16,7 @@ from PIL import Image
 from scipy import ndimage
 
 from siammae_jax.data import synthetic
-from siammae_jax.eval import davis
+from siammae_jax.eval import davis, davis_score
 
 SIZE = (32, 48)
 FRAMES = 6
@@ -184,32 +184,32 @@ def test_hand_checked_4x4():
     corner = np.zeros((4, 4), np.uint8)
     corner[3, 3] = 1  # the bottom-right pixel: no boundary of its own
     np.testing.assert_array_equal(
-        davis.boundary_map(gt),
+        davis_score.boundary_map(gt),
         [[1, 1, 1, 0], [1, 0, 1, 0], [1, 1, 1, 0], [0, 0, 0, 0]],
     )
     np.testing.assert_array_equal(
-        davis.boundary_map(corner),
+        davis_score.boundary_map(corner),
         [[0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 1, 1], [0, 0, 1, 0]],
     )
-    assert davis.tolerance((4, 4)) == 1  # ceil(0.008 * 5.66): a 4-neighbour cross
+    assert davis_score.tolerance((4, 4)) == 1  # ceil(0.008 * 5.66): a 4-neighbour cross
     # Precision 3/3; recall 3/8 (GT boundary pixels next to (2,2), (2,3), (3,2)).
-    j, f = davis.frame_scores(gt, corner, 1)
+    j, f = davis_score.frame_scores(gt, corner, 1)
     assert j[0] == 0.0 and f[0] == pytest.approx(2 * 1 * (3 / 8) / (1 + 3 / 8))
     assert f[0] == pytest.approx(6 / 11)
     shifted = np.roll(gt, 1, axis=1)  # IoU 2/6; every boundary pixel within 1 px
-    j, f = davis.frame_scores(gt, shifted, 1)
+    j, f = davis_score.frame_scores(gt, shifted, 1)
     assert j[0] == pytest.approx(1 / 3) and f[0] == 1.0
 
     # A sequence of 6 frames: frames 1-4 scored with J = [1, 1/3, 0, 0] and
     # F = [1, 1, 6/11, 0] (frame 4 predicts nothing).
     seq = np.stack([gt] * 6)
     pred = np.stack([gt, gt, shifted, corner, np.zeros_like(gt), corner])
-    js, fs = davis.sequence_scores(seq, pred)
+    js, fs = davis_score.sequence_scores(seq, pred)
     np.testing.assert_allclose(js, [[1, 1 / 3, 0, 0]])
     np.testing.assert_allclose(fs, [[1, 1, 6 / 11, 0]])
     # Official decay bins for 4 values: [0:2] and [2:4] -> mean(1, 1/3) - 0.
-    assert davis.statistics(js[0]) == pytest.approx((1 / 3, 0.25, 2 / 3))
-    assert davis.statistics(fs[0]) == pytest.approx((7 / 11, 0.75, 1 - 3 / 11))
+    assert davis_score.statistics(js[0]) == pytest.approx((1 / 3, 0.25, 2 / 3))
+    assert davis_score.statistics(fs[0]) == pytest.approx((7 / 11, 0.75, 1 - 3 / 11))
 
 
 def test_hand_checked_sequence_through_files(tmp_path):
@@ -223,7 +223,7 @@ def test_hand_checked_sequence_through_files(tmp_path):
     pred[0] = pred[5] = 0  # first and last predictions are not scored
     write_davis(tmp_path / "DAVIS", {"square": gt})
     write_results(tmp_path / "res", {"square": pred})
-    row, rows = davis.score(tmp_path / "DAVIS", tmp_path / "res", progress=False)
+    row, rows = davis_score.score(tmp_path / "DAVIS", tmp_path / "res", progress=False)
     expected = {
         "J&F-Mean": 16 / 33,
         "J-Mean": 1 / 3,
@@ -233,7 +233,7 @@ def test_hand_checked_sequence_through_files(tmp_path):
         "F-Recall": 0.75,
         "F-Decay": 8 / 11,
     }
-    assert list(row) == list(davis.GLOBAL_COLUMNS)
+    assert list(row) == list(davis_score.GLOBAL_COLUMNS)
     assert row == pytest.approx(expected, abs=1e-12)
     assert [r["Sequence"] for r in rows] == ["square_1"]
 
@@ -249,16 +249,18 @@ def test_tolerance_at_480p_hand_checked(axis):
     matched (F = 1); at 9 px half of each boundary is (P = R = F = 1/2).
     """
     shape = (480, 854)
-    assert davis.tolerance(shape) == 8
+    assert davis_score.tolerance(shape) == 8
     length = shape[1 - axis]
     gt = np.zeros(shape, np.uint8)
     np.moveaxis(gt, axis, 0)[100:300] = 1
     for extend, want_f in ((8, 1.0), (9, 0.5)):
         pred = np.zeros(shape, np.uint8)
         np.moveaxis(pred, axis, 0)[100 : 300 + extend] = 1
-        assert davis.boundary_map(gt).sum() == davis.boundary_map(pred).sum()
-        assert davis.boundary_map(gt).sum() == 2 * length
-        j, f = davis.frame_scores(gt, pred, 1)
+        assert (
+            davis_score.boundary_map(gt).sum() == davis_score.boundary_map(pred).sum()
+        )
+        assert davis_score.boundary_map(gt).sum() == 2 * length
+        j, f = davis_score.frame_scores(gt, pred, 1)
         assert j[0] == pytest.approx(200 / (200 + extend))
         assert f[0] == pytest.approx(want_f), extend
 
@@ -271,9 +273,11 @@ def test_boundary_matches_definition():
     for size in ((4, 4), (7, 5), (20, 31)):
         for _ in range(5):
             mask = rng.random(size) < rng.uniform(0.1, 0.9)
-            np.testing.assert_array_equal(davis.boundary_map(mask), ref_boundary(mask))
+            np.testing.assert_array_equal(
+                davis_score.boundary_map(mask), ref_boundary(mask)
+            )
     full = np.ones((5, 6), bool)  # touches every border: no boundary at all
-    assert not davis.boundary_map(full).any()
+    assert not davis_score.boundary_map(full).any()
 
 
 @pytest.mark.parametrize(
@@ -286,7 +290,9 @@ def test_boundary_matches_definition():
     ],
 )
 def test_empty_cases(gt_mask, pred_mask, j, f):
-    js, fs = davis.frame_scores(gt_mask.astype(np.uint8), pred_mask.astype(np.uint8), 1)
+    js, fs = davis_score.frame_scores(
+        gt_mask.astype(np.uint8), pred_mask.astype(np.uint8), 1
+    )
     assert (js[0], fs[0]) == (j, f)
     assert (ref_j(gt_mask > 0, pred_mask > 0), ref_f(gt_mask > 0, pred_mask > 0)) == (
         j,
@@ -297,7 +303,7 @@ def test_empty_cases(gt_mask, pred_mask, j, f):
 @pytest.mark.parametrize("size", [(20, 31), (40, 150)])  # tolerance 1 and 2 px
 def test_scores_match_reference_implementation(tmp_path, size):
     rng = np.random.default_rng(size[1])
-    assert davis.tolerance(size) == (1 if size[1] < 100 else 2)
+    assert davis_score.tolerance(size) == (1 if size[1] < 100 else 2)
     sequences, predictions = {}, {}
     for i, (frames, objects) in enumerate([(7, 3), (5, 1), (9, 2)]):
         gt = random_sequence(rng, frames, size, objects)
@@ -318,9 +324,9 @@ def test_scores_match_reference_implementation(tmp_path, size):
     expected = []
     for name, gt in sequences.items():
         expected += ref_sequence(name, gt, predictions[name])
-        j, f = davis.sequence_scores(gt, predictions[name])
+        j, f = davis_score.sequence_scores(gt, predictions[name])
         assert j.shape == f.shape == (int(gt[0].max()), len(gt) - 2)
-    row, rows = davis.score(tmp_path / "DAVIS", tmp_path / "res", progress=False)
+    row, rows = davis_score.score(tmp_path / "DAVIS", tmp_path / "res", progress=False)
     assert_rows_close(rows, expected)
     assert row == pytest.approx(ref_global(expected), abs=1e-6)
     assert 0 < row["J&F-Mean"] < 1
@@ -333,7 +339,7 @@ def test_objects_come_from_first_frame_ids():
     gt[2, 6:8, 0:2] = 1
     pred = gt.copy()
     pred[1, 0, 0] = 2  # object 2 predicted where the GT has none
-    j, f = davis.sequence_scores(gt, pred)
+    j, f = davis_score.sequence_scores(gt, pred)
     np.testing.assert_array_equal(j, [[1.0, 1.0], [0.0, 1.0], [1.0, 1.0]])
     np.testing.assert_array_equal(f, [[1.0, 1.0], [0.0, 1.0], [1.0, 1.0]])
 
@@ -346,7 +352,7 @@ def test_round_trip_ground_truth_scores_one(synth, tmp_path):
     for seq in names:
         gt = davis.read_annotations(root, seq)
         davis.write_masks(tmp_path, seq, [f"{t:05d}" for t in range(FRAMES)], gt)
-    row, rows = davis.score(root, tmp_path, progress=False)
+    row, rows = davis_score.score(root, tmp_path, progress=False)
     assert row["J&F-Mean"] == 1.0 and row["J-Mean"] == 1.0 and row["F-Mean"] == 1.0
     assert row["J-Decay"] == 0.0 and row["F-Recall"] == 1.0
     n_objects = sum(int(davis.read_annotations(root, s)[0].max()) for s in names)
@@ -366,7 +372,7 @@ def test_round_trip_shifted_prediction(synth, tmp_path):
             inter = (a & b).sum(axis=(1, 2))
             union = (a | b).sum(axis=(1, 2))
             direct.append(np.mean(np.where(union > 0, inter / np.maximum(union, 1), 1)))
-    row, rows = davis.score(root, tmp_path, progress=False)
+    row, rows = davis_score.score(root, tmp_path, progress=False)
     assert row["J&F-Mean"] < 1.0
     np.testing.assert_allclose([r["J-Mean"] for r in rows], direct, rtol=0, atol=1e-12)
     assert row["J-Mean"] == pytest.approx(np.mean(direct), abs=1e-12)
@@ -484,15 +490,15 @@ def test_prediction_errors_name_the_file(synth, tmp_path):
         )
     (tmp_path / names[1] / "00002.png").unlink()
     with pytest.raises(FileNotFoundError, match=rf"{names[1]}/00002\.png"):
-        davis.score(root, tmp_path, progress=False)
+        davis_score.score(root, tmp_path, progress=False)
     davis.write_masks(tmp_path, names[1], ["00002"], np.zeros((1, 31, 48), np.uint8))
     with pytest.raises(
         ValueError, match=rf"{names[1]}/00002\.png is 31x48 \(HxW\), expected 32x48$"
     ):
-        davis.score(root, tmp_path, progress=False)
+        davis_score.score(root, tmp_path, progress=False)
     Image.new("RGB", SIZE[::-1]).save(tmp_path / names[1] / "00002.png")
     with pytest.raises(ValueError, match=r"00002\.png must be an indexed"):
-        davis.score(root, tmp_path, progress=False)
+        davis_score.score(root, tmp_path, progress=False)
 
 
 # ------------------------------------------------ CSV files
@@ -501,7 +507,7 @@ def test_prediction_errors_name_the_file(synth, tmp_path):
 def test_csv_files(tmp_path):
     row = dict(
         zip(
-            davis.GLOBAL_COLUMNS,
+            davis_score.GLOBAL_COLUMNS,
             (0.5, 1 / 3, 0.25, 2 / 3, 2 / 3, 1.0, -0.0126),
             strict=True,
         )
@@ -511,7 +517,7 @@ def test_csv_files(tmp_path):
         {"Sequence": "bike-packing_2", "J-Mean": 0.9996, "F-Mean": 0.0},
     ]
     (tmp_path / "global_results-val.csv").write_text("stale\n")
-    paths = davis.write_csvs(tmp_path, row, rows)
+    paths = davis_score.write_csvs(tmp_path, row, rows)
     assert paths == (
         tmp_path / "global_results-val.csv",
         tmp_path / "per-sequence_results-val.csv",
@@ -525,7 +531,7 @@ def test_csv_files(tmp_path):
         "bike-packing_1,0.123,1.000\n"
         "bike-packing_2,1.000,0.000\n"
     )
-    davis.write_csvs(tmp_path, row, rows[:1], split="test-dev")
+    davis_score.write_csvs(tmp_path, row, rows[:1], split="test-dev")
     assert (tmp_path / "per-sequence_results-test-dev.csv").read_text().count("\n") == 2
 
 
@@ -540,7 +546,7 @@ def test_one_pixel_objects():
     pred = gt.copy()
     pred[3, 0] = 0
     pred[3, 1] = 2  # object 2 one pixel to the right: IoU 0
-    j, f = davis.frame_scores(gt, pred, 2)
+    j, f = davis_score.frame_scores(gt, pred, 2)
     assert j.dtype == f.dtype == np.float64 and j.shape == f.shape == (2,)
     assert j[0] == 1.0 and f[0] == 1.0
     assert j[1] == 0.0 and f[1] == pytest.approx(ref_f(gt == 2, pred == 2))
@@ -548,8 +554,12 @@ def test_one_pixel_objects():
 
 def test_tolerance_uses_only_the_last_two_dimensions():
     # ceil(0.008 * 979.6) = 8 whatever leads; with the 1000 it would be 12.
-    assert davis.tolerance((1000, 480, 854)) == davis.tolerance((480, 854)) == 8
-    assert davis.tolerance((2, 4, 4)) == 1
+    assert (
+        davis_score.tolerance((1000, 480, 854))
+        == davis_score.tolerance((480, 854))
+        == 8
+    )
+    assert davis_score.tolerance((2, 4, 4)) == 1
 
 
 def fast_boundary(mask):
@@ -574,7 +584,7 @@ def test_f_at_480p_with_many_boundary_pixels():
     recall = np.mean(ndimage.distance_transform_edt(~pb)[gb] <= 8)
     want = 2 * precision * recall / (precision + recall)
     assert 0.3 < want < 0.99
-    j, f = davis.frame_scores(gt.astype(np.uint8), pred.astype(np.uint8), 1)
+    j, f = davis_score.frame_scores(gt.astype(np.uint8), pred.astype(np.uint8), 1)
     assert f[0] == pytest.approx(want, abs=1e-12)
     assert j[0] == pytest.approx((gt & pred).sum() / (gt | pred).sum(), abs=1e-12)
 
@@ -584,11 +594,11 @@ def test_frame_scores_shape_errors():
     with pytest.raises(
         ValueError, match=r"gt \(4, 4\) and pred \(1, 4\) must be equal 2-D"
     ):
-        davis.frame_scores(gt, gt[:1], 1)  # would broadcast
+        davis_score.frame_scores(gt, gt[:1], 1)  # would broadcast
     with pytest.raises(
         ValueError, match=r"gt \(2, 4, 4\) and pred \(2, 4, 4\) must be equal 2-D"
     ):
-        davis.frame_scores(np.stack([gt, gt]), np.stack([gt, gt]), 1)
+        davis_score.frame_scores(np.stack([gt, gt]), np.stack([gt, gt]), 1)
 
 
 def test_sequence_scores_frame_counts():
@@ -596,7 +606,7 @@ def test_sequence_scores_frame_counts():
     gt[:, 1:3, 1:3] = 1
     pred = gt.copy()
     pred[1] = np.roll(gt[1], 1, axis=1)
-    j, f = davis.sequence_scores(gt, pred)  # T = 3: one scored frame
+    j, f = davis_score.sequence_scores(gt, pred)  # T = 3: one scored frame
     np.testing.assert_allclose(j, [[1 / 3]])
     np.testing.assert_array_equal(f, [[1.0]])
     for g, p in (
@@ -609,27 +619,27 @@ def test_sequence_scores_frame_counts():
         with pytest.raises(
             ValueError, match=r"need \[T, H, W\] gt and pred with T >= 3, got " + shapes
         ):
-            davis.sequence_scores(g, p)
+            davis_score.sequence_scores(g, p)
 
 
 def test_statistics_edge_cases():
-    assert davis.statistics([0.7]) == (0.7, 1.0, 0.0)  # one frame: both bins
+    assert davis_score.statistics([0.7]) == (0.7, 1.0, 0.0)  # one frame: both bins
     # Recall counts values strictly above 0.5 (official ``X > 0.5``).
-    assert davis.statistics([0.5, 0.75])[1] == 0.5
-    assert davis.statistics(np.float32([0.5, 0.5, 0.25]))[1] == 0.0
+    assert davis_score.statistics([0.5, 0.75])[1] == 0.5
+    assert davis_score.statistics(np.float32([0.5, 0.5, 0.25]))[1] == 0.0
     for bad in (np.zeros(0), np.ones((2, 3))):
         shape = re.escape(str(bad.shape))
         with pytest.raises(
             ValueError, match=rf"need a non-empty 1-D array, got shape {shape}"
         ):
-            davis.statistics(bad)
+            davis_score.statistics(bad)
 
 
 def test_statistics_in_float64_for_float32_values():
     """float32 per-frame values are averaged in float64, not float32."""
     values = np.float32([0.1, 0.7, 0.3, 0.9, 0.2, 0.6, 0.4, 0.8])
     exact = [float(v) for v in values]
-    mean, recall, decay = davis.statistics(values)
+    mean, recall, decay = davis_score.statistics(values)
     # Bins of 8 frames: [0:3] and [5:8].
     assert mean == pytest.approx(math.fsum(exact) / 8, abs=1e-15)
     assert recall == 0.5
@@ -660,7 +670,7 @@ def test_score_splits_three_frames_and_progress(tmp_path, capsys):
     (root / "ImageSets/2017/test-dev.txt").write_text("b\n")
     capsys.readouterr()
 
-    row, rows = davis.score(root, res, split="test-dev", progress=False)
+    row, rows = davis_score.score(root, res, split="test-dev", progress=False)
     assert [r["Sequence"] for r in rows] == ["b_1"]
     assert row == pytest.approx(
         {
@@ -676,11 +686,11 @@ def test_score_splits_three_frames_and_progress(tmp_path, capsys):
     )
     assert capsys.readouterr().err == ""  # progress=False: no bar
 
-    row, rows = davis.score(root, res)  # progress by default
+    row, rows = davis_score.score(root, res)  # progress by default
     assert [r["Sequence"] for r in rows] == ["a_1", "b_1"]
     assert row["J-Mean"] == pytest.approx(2 / 3) and row["F-Mean"] == 1.0
     assert "DAVIS val" in capsys.readouterr().err
-    davis.score(root, res, split="test-dev", progress=True)
+    davis_score.score(root, res, split="test-dev", progress=True)
     assert "DAVIS test-dev" in capsys.readouterr().err
 
 
@@ -695,14 +705,14 @@ def test_score_errors(tmp_path):
         match=r"sequence 'two' has 2 frames; scoring needs >= 3 "
         r"\(the first and last frames are not scored\)$",
     ):
-        davis.score(root, res, split="short", progress=False)
+        davis_score.score(root, res, split="short", progress=False)
     (root / "ImageSets/2017/blank.txt").write_text("blank\n")  # no object
     (root / "ImageSets/2017/empty.txt").write_text("\n")
     for split in ("blank", "empty"):
         with pytest.raises(
             ValueError, match=rf"no objects to score in DAVIS split '{split}'$"
         ):
-            davis.score(root, res, split=split, progress=False)
+            davis_score.score(root, res, split=split, progress=False)
 
 
 # ------------------------------------------------ more reader and writer cases
@@ -845,9 +855,9 @@ def test_write_masks_checks(tmp_path):
 
 def test_csv_files_nested_folder_and_line_ends(tmp_path):
     """Folders are created; lines end in LF only (like the official CSVs)."""
-    row = dict.fromkeys(davis.GLOBAL_COLUMNS, 0.5)
+    row = dict.fromkeys(davis_score.GLOBAL_COLUMNS, 0.5)
     rows = [{"Sequence": "a_1", "J-Mean": 0.25, "F-Mean": 0.75}]
-    paths = davis.write_csvs(tmp_path / "x" / "y", row, rows)
+    paths = davis_score.write_csvs(tmp_path / "x" / "y", row, rows)
     assert paths[0].read_bytes() == (
         b"J&F-Mean,J-Mean,J-Recall,J-Decay,F-Mean,F-Recall,F-Decay\n"
         b"0.500,0.500,0.500,0.500,0.500,0.500,0.500\n"

@@ -7,7 +7,7 @@ from flax import nnx
 
 from siammae_jax.data import pairs, synthetic
 from siammae_jax.eval import config as eval_config
-from siammae_jax.eval import davis, encoder, propagation, tasks
+from siammae_jax.eval import davis, davis_score, encoder, propagation, tasks
 from siammae_jax.weights import params as weight_params
 
 
@@ -62,7 +62,7 @@ def _score_with(features_fn, davis_root, out) -> dict:
         soft = propagation.propagate(features_fn(truth, ids), first, cfg)
         masks = ids[soft.argmax(-1)].astype(np.uint8)
         davis.write_masks(out, seq, s.frame_names, masks)
-    return davis.score(davis_root, out, progress=False)[0]
+    return davis_score.score(davis_root, out, progress=False)[0]
 
 
 def test_ideal_features_reproduce_ground_truth(davis_root, tmp_path):
@@ -93,7 +93,9 @@ def test_davis_runner_writes_official_outputs(davis_root, tmp_path):
         assert len(list((tmp_path / seq).glob("*.png"))) == 10
     assert (tmp_path / "global_results-val.csv").exists()
     assert len(list((tmp_path / "overlays").glob("*.png"))) == 3
-    again, _ = davis.score(davis_root, tmp_path, progress=False)  # score-davis alone
+    again, _ = davis_score.score(
+        davis_root, tmp_path, progress=False
+    )  # score-davis alone
     assert again == pytest.approx(scores)
 
 

@@ -23,7 +23,7 @@ from ml_collections import config_flags
 
 from siammae_jax import weights
 from siammae_jax.data import video
-from siammae_jax.eval import attention, davis, encoder, tasks
+from siammae_jax.eval import attention, davis_score, encoder, tasks
 from siammae_jax.eval import config as eval_config
 
 _CONFIG = config_flags.DEFINE_config_dict("config", eval_config.get_config())
@@ -81,8 +81,8 @@ def main(argv: list[str]) -> None:
     if command == "score-davis":
         if not (_DATA.value and _RESULTS.value):
             raise app.UsageError("score-davis needs --data and --results")
-        scores, rows = davis.score(_DATA.value, _RESULTS.value, _SET.value)
-        davis.write_csvs(_RESULTS.value, scores, rows, _SET.value)
+        scores, rows = davis_score.score(_DATA.value, _RESULTS.value, _SET.value)
+        davis_score.write_csvs(_RESULTS.value, scores, rows, _SET.value)
         _print_table(f"DAVIS-2017 {_SET.value}: {_RESULTS.value}", scores)
         return
     if command == "attention":

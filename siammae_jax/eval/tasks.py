@@ -18,7 +18,7 @@ from etils import epath
 from PIL import Image
 from tqdm import tqdm
 
-from siammae_jax.eval import davis, jhmdb, pictures, propagation, vip
+from siammae_jax.eval import davis, davis_score, jhmdb, pictures, propagation, vip
 
 PathLike = str | os.PathLike
 
@@ -108,8 +108,8 @@ def run_davis(
         davis.write_masks(out, seq, s.frame_names, masks)
         if i < overlays:
             _save_strip(out / "overlays" / f"{seq}.png", s.frames, masks)
-    global_row, rows = davis.score(root, out, cfg.split, progress=progress)
-    davis.write_csvs(out, global_row, rows, cfg.split)
+    global_row, rows = davis_score.score(root, out, cfg.split, progress=progress)
+    davis_score.write_csvs(out, global_row, rows, cfg.split)
     return global_row
 
 
