@@ -409,3 +409,18 @@ def test_first_ctrl_c_requests_a_stop_and_a_second_aborts():
     finally:
         flag.restore()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_pre_training_continues_from_a_whole_model_export(tmp_path, data_dir, straight):
+    """Issue 16: export --what model, then --config.init_from on a new workdir."""
+    from siammae_jax import export
+
+    shared = tmp_path / "shared"
+    export.export_checkpoint(straight, shared, "orbax", what="model", progress=False)
+    workdir = tmp_path / "continued"
+    proc = _run(
+        workdir, data_dir, f"--config.init_from={shared}", "--config.train.steps=2"
+    )
+    assert f"warm start from {shared}: the whole model" in proc.stderr
+    first = _losses(workdir)[1]
+    assert first < _losses(straight)[1] - 1e-3  # starts where the export left off
