@@ -469,3 +469,84 @@ def test_no_visible_patch_names_the_grid():
     with pytest.raises(ValueError, match=f"^{re.escape(want)}$"):
         SiamMAE(**{**TINY, "image_size": (8, 64)}, mask_ratio=0.95, rngs=nnx.Rngs(0))
     SiamMAE(**{**TINY, "image_size": (8, 64)}, mask_ratio=0.85, rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (
+            dict(mask_ratio=1.0),
+            r"mask_ratio=1.0 must lie in the open interval \(0, 1\)",
+        ),
+        (
+            dict(mask_ratio=1.5),
+            r"mask_ratio=1.5 must lie in the open interval \(0, 1\)",
+        ),
+        (
+            dict(decoder_dim=0),
+            "decoder_dim=0, decoder_depth=2, decoder_heads=2 must all be positive.",
+        ),
+        (dict(decoder_heads=0), "decoder_heads=0 must all be positive."),
+        (
+            dict(decoder_depth=0),
+            "decoder_depth=0, decoder_heads=2 must all be positive.",
+        ),
+        # 1 is a positive size: the next check speaks.
+        (dict(decoder_dim=1, decoder_heads=1), "decoder_dim=1 must be a multiple of 4"),
+        (
+            dict(decoder_dim=6),
+            r"decoder_dim=6 must be a multiple of 4 \(sin-cos position embeddings\)\.",
+        ),
+    ],
+)
+def test_decoder_config_messages(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        nnx.eval_shape(lambda: SiamMAE(**{**TINY, **kwargs}, rngs=nnx.Rngs(0)))
+
+
+def test_smallest_decoder_is_allowed():
+    model = nnx.eval_shape(
+        lambda: SiamMAE(
+            **{**TINY, "decoder_depth": 1, "decoder_heads": 1}, rngs=nnx.Rngs(0)
+        )
+    )
+    assert len(model.decoder_blocks) == 1
+    assert model.decoder_blocks[0].attn.num_heads == 1
+
+
+@pytest.mark.parametrize("decoder_type", ["cross_self", "joint"])
+def test_decoder_mlp_ratio_sets_the_hidden_width(decoder_type):
+    model = nnx.eval_shape(
+        lambda: SiamMAE(
+            **{**TINY, "decoder_mlp_ratio": 2.0, "decoder_type": decoder_type},
+            rngs=nnx.Rngs(0),
+        )
+    )
+    for block in model.decoder_blocks:
+        assert block.mlp.fc1.kernel.shape == (32, 64)  # 2 x decoder_dim 32
+
+
+def test_mask_token_starts_like_maes():
+    """MAE initialises the [MASK] token from N(0, 0.02^2)."""
+    model = SiamMAE(
+        **{**TINY, "decoder_dim": 512, "decoder_heads": 8}, rngs=nnx.Rngs(0)
+    )
+    token = np.asarray(model.mask_token[...]).ravel()
+    assert token.shape == (512,)
+    assert 0.017 < token.std() < 0.023 and abs(token.mean()) < 0.004
+
+
+def test_decoder_parameters_follow_the_sharding_rules():
+    """The paper config's rules (embed and decoder_embed -> fsdp, mlp -> tensor)
+    give these layouts; a mesh axis is used once per array."""
+    from jax.sharding import PartitionSpec as P
+
+    from configs import siammae as siammae_config
+    from siammae_jax.models.definition import ModelDef
+
+    rules = siammae_config.get_config("vits16").sharding_rules
+    specs = ModelDef(TINY, rules).param_specs
+    assert specs["decoder_embed"] == {"kernel": P("fsdp", None), "bias": P("fsdp")}
+    assert specs["mask_token"] == P(None, None, "fsdp")
+    assert specs["decoder_pred"] == {"kernel": P("fsdp", None), "bias": P(None)}
+    assert specs["decoder_blocks"][0]["mlp"]["fc1"]["kernel"] == P("fsdp", "tensor")
