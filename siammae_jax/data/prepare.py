@@ -245,6 +245,29 @@ def _inputs(
     return kind[type(source)], list(zip(source.paths, names, strict=True)), others
 
 
+def _plan(
+    out: epath.Path,
+    names: list[str],
+    manifest: dict[str, Any],
+    inputs: list[tuple[str, str]],
+    settings: tuple[str, int | None, int],
+) -> tuple[set[str], list[tuple[str, list[tuple]]]]:
+    """(shards the manifest lists as complete, the others with their
+    ``pack_video`` tasks); drops leftover temporary files and stale entries."""
+    for stale in out.glob("*" + TMP_SUFFIX):
+        stale.unlink()
+    done = {n for n in names if n in manifest["shards"] and (out / n).exists()}
+    manifest["shards"] = {n: e for n, e in manifest["shards"].items() if n in done}
+    size = manifest["config"]["shard_size"]
+    kind, short_side, quality = settings
+    todo = []
+    for i, name in enumerate(names):
+        if name not in done:
+            chunk = inputs[i * size : (i + 1) * size]
+            todo.append((name, [(p, kind, n, short_side, quality) for p, n in chunk]))
+    return done, todo
+
+
 def prepare(
     videos_dir: str | epath.Path,
     out_dir: str | epath.Path,
@@ -292,16 +315,7 @@ def prepare(
     )  # fmt: skip
     manifest = _load_manifest(out, config)
     manifest["not_videos"] = others
-    for stale in out.glob("*" + TMP_SUFFIX):
-        stale.unlink()
-    done = {n for n in names if n in manifest["shards"] and (out / n).exists()}
-    manifest["shards"] = {n: e for n, e in manifest["shards"].items() if n in done}
-    todo = []
-    for i, name in enumerate(names):
-        if name not in done:
-            chunk = inputs[i * shard_size : (i + 1) * shard_size]
-            tasks = [(p, kind, n, short_side, quality) for p, n in chunk]
-            todo.append((name, tasks))
+    done, todo = _plan(out, names, manifest, inputs, (kind, short_side, quality))
     _write_shards(out, todo, manifest, workers, progress)
     _save_manifest(out, manifest)
     summary = {

@@ -179,23 +179,10 @@ class SiamMAE(nnx.Module):
             out_sharding=(None, None, "decoder_embed"),
             eager_sharding=False,
         )
-        if decoder_type == "joint":
-            blocks = [
-                layers.Block(decoder_dim, decoder_heads, decoder_mlp_ratio, **kw)
-                for _ in range(decoder_depth)
-            ]
-        else:
-            blocks = [
-                CrossSelfBlock(
-                    decoder_dim,
-                    decoder_heads,
-                    decoder_mlp_ratio,
-                    self_attention=decoder_type == "cross_self",
-                    **kw,
-                )
-                for _ in range(decoder_depth)
-            ]
-        self.decoder_blocks = nnx.List(blocks)
+        self.decoder_blocks = _decoder_blocks(
+            decoder_type, decoder_dim, decoder_heads, decoder_mlp_ratio,
+            decoder_depth, **kw,
+        )  # fmt: skip
         self.decoder_norm = layers.layer_norm(decoder_dim, **kw)
         self.decoder_pred = layers.dense(
             decoder_dim, patch * patch * 3, ("decoder_embed", "patch"), **kw
@@ -281,6 +268,24 @@ class SiamMAE(nnx.Module):
             target = norm_pix(target)
         loss = masked_l2(pred, target, mask)
         return Output(loss, pred, target, mask, attention)
+
+
+def _decoder_blocks(
+    decoder_type: str, dim: int, heads: int, mlp_ratio: float, depth: int, **kw
+) -> nnx.List:
+    """``depth`` decoder blocks: self-attention over both frames' tokens
+    (``joint``), or cross-attention to f1 (``cross``) then self-attention
+    (``cross_self``)."""
+    if decoder_type == "joint":
+        blocks = [layers.Block(dim, heads, mlp_ratio, **kw) for _ in range(depth)]
+    else:
+        blocks = [
+            CrossSelfBlock(
+                dim, heads, mlp_ratio, self_attention=decoder_type == "cross_self", **kw
+            )
+            for _ in range(depth)
+        ]
+    return nnx.List(blocks)
 
 
 def _check_decoder(mask_ratio, decoder_type, dim, depth, heads):

@@ -131,6 +131,13 @@ def save(
     out = epath.Path(out)
     tree = params_lib.str_keys(_host(variables(weights, model_config, what), progress))
     config = json_config(model_config, what)
+    _write_weights(out, tree, config, format)
+    write_model_card(out, config, format, training)
+    return out
+
+
+def _write_weights(out: epath.Path, tree: dict, config: dict, format: str) -> None:
+    """The weight files of one export format (see the module docstring)."""
     if format == "orbax":
         with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
             checkpointer.save(
@@ -144,18 +151,15 @@ def save(
         out.mkdir(parents=True, exist_ok=True)
         meta = {"siammae_jax": json.dumps(config)}
         flat = dict(params_lib.flatten(tree, sep="."))
-        timm.save_safetensors(out / NATIVE_FILES[what], flat, meta)
+        timm.save_safetensors(out / NATIVE_FILES[config["what"]], flat, meta)
     else:
         out.mkdir(parents=True, exist_ok=True)
-        model = params_lib.encoder_from(model_config, tree, "the weights given")
-        timm.save_safetensors(
-            out / TIMM_FILE, timm.to_timm_state_dict(model), {"format": "pt"}
-        )
+        model = params_lib.encoder_from(config["model"], tree, "the weights given")
+        state = timm.to_timm_state_dict(model)
+        timm.save_safetensors(out / TIMM_FILE, state, {"format": "pt"})
         args = timm.timm_model_args(model)
         args["siammae_jax"] = config
         (out / "config.json").write_text(json.dumps(args, indent=2))
-    write_model_card(out, config, format, training)
-    return out
 
 
 def _git_commit() -> str | None:
