@@ -50,6 +50,7 @@ def _say(message: str) -> None:
 def train(workdir: epath.Path, steps: int) -> tuple[ml_collections.ConfigDict, Any]:
     config = configs.get_config("tiny")
     config.train.steps = steps
+    config.data.format = "synthetic"  # written there on the first run
     config.data.path = str(workdir / "synthetic")
     _say(f"pre-training the tiny config for {steps} steps in {workdir} ...")
     state = loop.run(config, str(workdir))
