@@ -19,6 +19,12 @@ SCORES = {
 }
 MEASURES = {
     "past_frame": {"true": 0.6061, "other": 1.5949, "shuffled": 0.7},
+    "motion": {
+        "gap": 12,
+        "correspondence": 0.327,
+        "correspondence_chance": 0.12,
+        "correspondence_same_position": 0.341,
+    },
     "correspondence": {
         "correspondence": 0.2,
         "correspondence_chance": 0.118,
@@ -39,10 +45,18 @@ def test_summary_has_the_interface_lines(tmp_path):
     assert text[1].startswith(
         "  layout use: loss with true f1's patches shuffled 0.700"
     )
-    assert text[2] == "decoder correspondence: 0.200 within 1 patch (chance 0.118)"
+    assert text[2] == (
+        "decoder correspondence: 0.200 within 1 patch (chance 0.118); "
+        "same-position guess 0.210"
+    )
     assert "visible f2 patches 0.310, 0.200; masked 0.250, 0.130" in text[3]
     assert "pre-trained encoder: J&F 0.400 (J 0.450, F 0.350)" in text
     assert "random-init encoder: J&F 0.300 (J 0.320, F 0.280)" in text
+    assert "encoder gain: J&F +0.100 over its random-init twin" in text
+    assert text[4].startswith(
+        "motion (gap 12 frames): 0.327 within 1 patch; same-position guess 0.341, "
+        "chance 0.120"
+    )
     assert any(re.match(r"pictures: .*summary\.png", line) for line in text)
 
 
