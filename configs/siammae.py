@@ -14,6 +14,8 @@ and ``tiny`` (a CPU setting on the embedded synthetic videos). Values marked
 
 import ml_collections
 
+from siammae_jax.eval import config as eval_config
+
 VARIANTS = ("vits16", "vits8", "vitb16", "tiny")
 
 
@@ -60,6 +62,9 @@ def get_config(arg: str = "vits16") -> ml_collections.ConfigDict:
     c.data.repeats = 2  # paper: repeated sampling
     c.data.num_workers = 8
     c.data.synthetic_videos = 64  # size of the synthetic set (format=synthetic)
+    # The synthetic training set's seed: fixed across run seeds, and never the
+    # held-out set's (eval.synthetic_seed).
+    c.data.synthetic_seed = 0
     c.data.synthetic_frames = 24
     c.data.synthetic_size = 96
 
@@ -81,11 +86,35 @@ def get_config(arg: str = "vits16") -> ml_collections.ConfigDict:
     c.train.image_every = 1000
     c.train.max_bad_steps = 10  # non-finite steps in a row before stopping
     c.train.profile_steps = 0
+    # One live progress line (step, loss, pairs/s, J&F, ETA) instead of console
+    # lines of every scalar (TensorBoard and metrics.jsonl keep them all).
+    c.train.progress_bar = False
     # Learning measures (past-frame use, decoder correspondence) on held-out
     # synthetic videos every N steps (0: off); see siammae_jax/eval/learning.py.
     c.train.measure_every = 0
     c.train.measure_videos = 40
     c.train.measure_gap = 12  # frames between f1 and f2 of the held-out pairs
+
+    # Online evaluation (siammae_jax/train/evaluation.py): DAVIS-style label
+    # propagation of the current encoder every N steps and at the end (0: off),
+    # with the code and settings of `python -m siammae_jax.eval davis`.
+    c.eval = ml_collections.ConfigDict()
+    c.eval.every = 0
+    c.eval.data = ""  # a DAVIS-2017 root, or "synthetic" (held-out videos)
+    c.eval.max_videos = 30  # the first N sequences of the split
+    # Time bound of one evaluation: the first one (the random-init encoder, at
+    # step 0) keeps the sequences done within it, and every later one scores
+    # the same sequences.
+    c.eval.max_seconds = 600.0
+    c.eval.batch_size = 8  # frames per encoder call (rounded up to the devices)
+    c.eval.overlays = 2  # videos drawn as overlay pictures in TensorBoard
+    c.eval.keep_best = True  # also keep the best-J&F checkpoint (orbax BestN)
+    c.eval.synthetic_seed = 1  # eval.data=synthetic: the held-out set's seed
+    c.eval.synthetic_frames = 24
+    # default, or unseen: textures and motion the training set never shows
+    # (siammae_jax/data/synthetic_videos.py STYLES).
+    c.eval.synthetic_style = "default"
+    c.eval.davis = eval_config.get_config().davis  # split, short_side, topk, ...
 
     c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
     # Logical axis (model) -> mesh axis. Unlisted names are replicated.
@@ -137,3 +166,8 @@ def _tiny(c: ml_collections.ConfigDict) -> None:
     c.train.measure_every = 100
     c.train.measure_gap = 4  # inside the training gaps
     c.checkpoint.every = 50
+    c.eval.every = 0  # cpu_learn and the demo turn it on
+    c.eval.data = "synthetic"
+    c.eval.max_videos = 16
+    c.eval.max_seconds = 120.0
+    c.eval.davis.short_side = c.model.image_size

@@ -2,11 +2,14 @@
 
 1. writes the embedded synthetic training videos and held-out videos (another
    seed) with DAVIS-layout ground truth and known motion;
-2. pre-trains the ``tiny`` config (``siammae_jax.train.loop.run``), which
-   logs loss, learning measures and reconstructions to TensorBoard;
+2. pre-trains the ``tiny`` config (``siammae_jax.train.loop.run``) under one
+   progress line, which logs loss, learning measures, online J&F on the
+   held-out videos and reconstructions to TensorBoard and metrics.jsonl;
 3. measures on the held-out videos: past-frame use (with another video's and
-   a patch-shuffled f1), decoder correspondence, and DAVIS-style J&F of the
-   frozen encoder against a random-init encoder;
+   a patch-shuffled f1), decoder correspondence at the training gaps and at a
+   gap where the same-position guess fails (motion); the J&F lines are the
+   training run's online evaluation: the last one, and the random-init
+   twin's at step 0;
 4. writes pictures (reconstructions, where the decoder looks in f1,
    propagation overlays, [CLS] attention) and prints a one-screen summary.
 
@@ -28,9 +31,8 @@ from etils import epath
 
 from configs import siammae as configs
 from siammae_jax.data import pairs, synthetic
-from siammae_jax.eval import attention, encoder, learning, pictures, tasks
-from siammae_jax.eval import config as eval_config
-from siammae_jax.train import logs, loop
+from siammae_jax.eval import attention, learning, pictures
+from siammae_jax.train import evaluation, logs, loop
 from siammae_jax.weights import params as weight_params
 
 _WORKDIR = flags.DEFINE_string("workdir", "demo_out", "Where everything is written.")
@@ -50,11 +52,19 @@ def _say(message: str) -> None:
     print(f"[demo {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def train(workdir: epath.Path, steps: int) -> tuple[ml_collections.ConfigDict, Any]:
+def train(
+    workdir: epath.Path, steps: int, davis_root: epath.Path, videos: int
+) -> tuple[ml_collections.ConfigDict, Any]:
+    """Pre-trains the tiny config under one progress line, with online J&F on
+    the held-out videos at the start (random init), half-way and at the end."""
     config = configs.get_config("tiny")
     config.train.steps = steps
+    config.train.progress_bar = True
     config.data.format = "synthetic"  # written there on the first run
     config.data.path = str(workdir / "synthetic")
+    config.eval.every = max(1, steps // 2)
+    config.eval.data = str(davis_root)
+    config.eval.max_videos = videos
     _say(f"pre-training the tiny config for {steps} steps in {workdir} ...")
     state = loop.run(config, str(workdir))
     return config, state
@@ -115,34 +125,45 @@ def measures(
     return out
 
 
-def encoders(
-    config: ml_collections.ConfigDict,
-    state: Any,
-    davis_root: epath.Path,
-    workdir: epath.Path,
-) -> dict:
-    """(c) J&F of the pre-trained vs a random-init encoder, and attention maps."""
-    size = config.model.image_size
+def online_scores(workdir: epath.Path) -> dict:
+    """(c) J&F of the pre-trained encoder (the run's last online evaluation)
+    and of its random-init twin (step 0), from ``metrics.jsonl``."""
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in lines if line.strip()]
+
+    def last(suffix: str) -> dict:
+        key = f"{evaluation.PREFIX}J&F{suffix}"
+        found = [r for r in rows if key in r]
+        if not found:
+            raise RuntimeError(
+                f"no {key} in {workdir / 'metrics.jsonl'}: the online evaluation "
+                "failed (see the warnings above)"
+            )
+        return {
+            f"{name}-Mean": found[-1][f"{evaluation.PREFIX}{name}{suffix}"]
+            for name in ("J&F", "J", "F")
+        }
+
+    return {"pre-trained": last(""), "random-init": last(evaluation.RANDOM_INIT)}
+
+
+def attention_maps(
+    config: ml_collections.ConfigDict, state: Any, davis_root: epath.Path, out
+) -> None:
+    """[CLS] attention maps of the pre-trained encoder on a held-out video."""
     trained = weight_params.encoder_from(
         config.model, jax.device_get(state.params["encoder"]), "train state"
     )
-    random = encoder.random_encoder(config.model.encoder, size, seed=1)
-    cfg = eval_config.get_config().davis
-    cfg.short_side = size
-    scores = {}
-    for name, model in (("pre-trained", trained), ("random-init", random)):
-        _say(f"label propagation with the {name} encoder on {davis_root} ...")
-        scores[name] = tasks.run_davis(
-            encoder.FeatureExtractor(model),
-            model.patch,
-            davis_root,
-            workdir / "davis" / name,
-            cfg,
-            progress=False,
-        )
     first = sorted((davis_root / "JPEGImages" / "480p").iterdir())[0]
-    attention.run(trained, str(first), str(workdir / "pictures"), 4 * size, 24)
-    return scores
+    size = config.model.image_size
+    attention.run(trained, str(first), str(out), 4 * size, 24)
+
+
+# Where the online evaluation leaves each encoder's overlay pictures.
+OVERLAYS = {
+    "pre-trained": "eval/davis/overlays",
+    "random-init": "eval/davis/random_init/overlays",
+}
 
 
 def summary_picture(workdir: epath.Path, scores: dict) -> epath.Path:
@@ -165,7 +186,7 @@ def summary_picture(workdir: epath.Path, scores: dict) -> epath.Path:
         ),
     ]
     for name in ("pre-trained", "random-init"):
-        first = sorted((workdir / "davis" / name / "overlays").glob("*.png"))[0]
+        first = sorted((workdir / OVERLAYS[name]).glob("*.png"))[0]
         jf = scores[name]["J&F-Mean"]
         caption = f"{name} encoder, label propagation ({first.stem}, J&F {jf:.3f})"
         panels.append((caption, load(first)))
@@ -196,10 +217,11 @@ def summary(workdir: epath.Path, m: dict, scores: dict) -> str:
     if "motion" in m:
         move = m["motion"]
         lines.append(
-            f"motion (gap {move['gap']} frames): {move['correspondence']:.3f} within "
-            f"1 patch; same-position guess {move['correspondence_same_position']:.3f}"
-            f", chance {move['correspondence_chance']:.3f} (following motion means "
-            "beating the guess here)"
+            f"motion: correspondence {move['correspondence']:.3f} at a gap of "
+            f"{move['gap']} frames (same-position guess "
+            f"{move['correspondence_same_position']:.3f}, chance "
+            f"{move['correspondence_chance']:.3f}; following motion means beating "
+            "the guess)"
         )
     for name in ("pre-trained", "random-init"):
         s = scores[name]
@@ -208,11 +230,11 @@ def summary(workdir: epath.Path, m: dict, scores: dict) -> str:
             f"(J {s['J-Mean']:.3f}, F {s['F-Mean']:.3f})"
         )
     gain = scores["pre-trained"]["J&F-Mean"] - scores["random-init"]["J&F-Mean"]
-    lines.append(f"encoder gain: J&F {gain:+.3f} over its random-init twin")
+    lines.append(f"encoder gain: J&F {gain:+.3f} over random init")
     lines += [
         f"pictures: {workdir / 'pictures'} (summary.png, reconstruction.png, "
         "correspondence.png, attention.png/.mp4), "
-        f"{workdir / 'davis' / 'pre-trained' / 'overlays'}",
+        f"{workdir / OVERLAYS['pre-trained']}",
         f"logs: tensorboard --logdir {workdir}  (scalars also in "
         f"{workdir / 'metrics.jsonl'}); checkpoints: {workdir / 'checkpoints'}",
     ]
@@ -227,11 +249,13 @@ def main(argv: list[str]) -> None:
     steps = _STEPS.value or (500 if _QUICK.value else 1000)
     videos = _HELDOUT.value or (16 if _QUICK.value else 40)
     start = time.time()
-    config, state = train(workdir, steps)
-    davis_root = heldout(workdir, videos, config.model.image_size) / "DAVIS"
+    size = configs.get_config("tiny").model.image_size
+    davis_root = heldout(workdir, videos, size) / "DAVIS"
+    config, state = train(workdir, steps, davis_root, videos)
     _say("measuring past-frame use and decoder correspondence ...")
     m = measures(config, state, workdir, videos)
-    scores = encoders(config, state, davis_root, workdir)
+    scores = online_scores(workdir)
+    attention_maps(config, state, davis_root, workdir / "pictures")
     summary_picture(workdir, scores)
     text = summary(workdir, m, scores)
     record = {"steps": steps, "seconds": round(time.time() - start), **m, **scores}

@@ -132,6 +132,26 @@ def test_keep_and_keep_every_choose_what_survives(tmp_path):
         assert _step_folders(directory) == kept, (keep, keep_every)
 
 
+def test_keep_best_keeps_the_highest_jf_besides_the_latest(tmp_path):
+    """``keep_best``: the step with the highest ``J&F`` survives however old;
+    steps saved without metrics are kept only as the latest ones."""
+    ckpt = checkpoint.Checkpointer(tmp_path, every=1, keep=2, keep_best=True)
+    jf = {2: 0.41, 4: 0.30, 6: 0.38}  # by hand: step 2 is the best
+    data = iter(grain.MapDataset.range(4).to_iter_dataset())
+    config = ml_collections.ConfigDict({"step": 0})
+    for step in range(1, 9):
+        ranked = {"J&F": jf[step]} if step in jf else None
+        ckpt.save(step, {"w": jnp.zeros(2)}, data, config, metrics=ranked)
+    ckpt.wait()
+    assert _step_folders(tmp_path) == ["2", "7", "8"]
+    assert ckpt.best_step() == 2
+    ckpt.close()
+    again = checkpoint.Checkpointer(tmp_path, every=1, keep=2, keep_best=True)
+    assert again.best_step() == 2 and again.latest_step() == 8
+    plain = checkpoint.Checkpointer(tmp_path, every=1)
+    assert plain.best_step() is None  # no ranking asked for
+
+
 def test_async_saves_commit_in_the_background(tmp_path, monkeypatch):
     """By default the step folder is committed (renamed into place) by a
     background thread; ``async_save=False`` commits it in the caller's thread

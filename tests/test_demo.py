@@ -52,10 +52,10 @@ def test_summary_has_the_interface_lines(tmp_path):
     assert "visible f2 patches 0.310, 0.200; masked 0.250, 0.130" in text[3]
     assert "pre-trained encoder: J&F 0.400 (J 0.450, F 0.350)" in text
     assert "random-init encoder: J&F 0.300 (J 0.320, F 0.280)" in text
-    assert "encoder gain: J&F +0.100 over its random-init twin" in text
+    assert "encoder gain: J&F +0.100 over random init" in text
     assert text[4].startswith(
-        "motion (gap 12 frames): 0.327 within 1 patch; same-position guess 0.341, "
-        "chance 0.120"
+        "motion: correspondence 0.327 at a gap of 12 frames (same-position guess "
+        "0.341, chance 0.120"
     )
     assert any(re.match(r"pictures: .*summary\.png", line) for line in text)
 
@@ -70,9 +70,9 @@ def test_summary_picture_stacks_reconstruction_and_overlays(tmp_path):
     )
     Image.new("RGB", (512, 128), (0, 90, 0)).save(root / "pictures/correspondence.png")
     for name in SCORES:
-        (root / "davis" / name / "overlays").mkdir(parents=True)
+        (root / demo.OVERLAYS[name]).mkdir(parents=True)
         Image.new("RGB", (200, 50), (200, 0, 0)).save(
-            root / "davis" / name / "overlays" / "synth_0000.png"
+            root / demo.OVERLAYS[name] / "synth_0000.png"
         )
     path = demo.summary_picture(root, SCORES)
     image = np.asarray(Image.open(path))
@@ -82,6 +82,32 @@ def test_summary_picture_stacks_reconstruction_and_overlays(tmp_path):
     assert (image[16 + 10, 10] == (10, 20, 30)).all()
     assert (image[16 + 384 + 16 + 10, 10] == (0, 90, 0)).all()
     assert (image[16 + 384 + 16 + 192 + 16 + 10, 10] == (200, 0, 0)).all()
+
+
+def test_scores_come_from_the_online_evaluation(tmp_path):
+    """The J&F lines read the run's metrics.jsonl: the last evaluation and the
+    random-init twin's (step 0); no evaluation is an error, not a made-up score."""
+    import json
+
+    import pytest
+
+    from siammae_jax import demo
+
+    rows = [
+        {"step": 0, "eval/davis/J&F_random_init": 0.3, "eval/davis/J_random_init": 0.32,
+         "eval/davis/F_random_init": 0.28},
+        {"step": 5, "loss": 1.0, "eval/davis/J&F": 0.35, "eval/davis/J": 0.4,
+         "eval/davis/F": 0.3},
+        {"step": 10, "loss": 0.9, "eval/davis/J&F": 0.4, "eval/davis/J": 0.45,
+         "eval/davis/F": 0.35},
+        {"step": 11, "loss": 0.9},
+    ]  # fmt: skip
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert demo.online_scores(epath.Path(tmp_path)) == SCORES
+    path.write_text(json.dumps(rows[-1]) + "\n")
+    with pytest.raises(RuntimeError, match="no eval/davis/J&F in"):
+        demo.online_scores(epath.Path(tmp_path))
 
 
 def test_captioned_column_keeps_aspect():

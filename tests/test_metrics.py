@@ -294,3 +294,40 @@ def test_progress_hooks(tmp_path):
             report(step, t=float(step) * 120)  # Fake clock: reports every call.
     steps_per_sec = [v for _, t, v in _read_events(tmp_path) if t == "steps_per_sec"]
     assert len(steps_per_sec) == 2
+
+
+def test_quiet_console_still_writes_tensorboard_and_jsonl(tmp_path, caplog):
+    """``console=False`` (under a progress bar): no scalar lines in the log,
+    everything in TensorBoard and metrics.jsonl; no ReportProgress hook."""
+    caplog.set_level("INFO")
+    with metrics.MetricsLogger(str(tmp_path), console=False) as logger:
+        logger.write_scalars(3, {"loss": 0.5, "eval/davis/J&F": 0.25})
+        assert logger.hooks() == []
+    assert "loss" not in caplog.text
+    assert _read_jsonl(tmp_path) == [{"step": 3, "loss": 0.5, "eval/davis/J&F": 0.25}]
+    tags = {t for _, t, _ in _read_events(tmp_path)}
+    assert "loss" in tags and any(t.startswith("eval/davis/J") for t in tags)
+    caplog.clear()
+    with metrics.MetricsLogger(str(tmp_path / "loud")) as logger:
+        logger.write_scalars(3, {"loss": 0.5})
+    assert "loss" in caplog.text  # the default logs them
+
+
+def test_training_bar_shows_the_latest_values():
+    out = io.StringIO()
+    bar = metrics.TrainingBar(10, 0, enabled=True, file=out)
+    bar.update(0, {"eval/davis/J&F_random_init": 0.25})
+    bar.update(5, {"loss": np.float32(1.23456), "pairs_per_sec": 99.6})
+    bar.update(7, {})  # no new values: the last ones stay
+    bar.update(10, {"eval/davis/J&F": 0.3071, "lr": 1e-3})
+    bar.close()
+    last = out.getvalue().split("\r")[-1]
+    assert "10/10" in last
+    for text in ("loss 1.2346", "pairs/s 100", "J&F at init 0.250", "J&F 0.307"):
+        assert text in last, (text, last)
+    assert "lr" not in last
+    silent = io.StringIO()
+    off = metrics.TrainingBar(10, 0, enabled=False, file=silent)
+    off.update(4, {"loss": 1.0})
+    off.close()
+    assert silent.getvalue() == ""

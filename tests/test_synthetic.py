@@ -56,6 +56,45 @@ def test_deterministic_and_seed_dependent():
     np.testing.assert_array_equal(shorter.affine, a.affine[:3])
 
 
+def test_the_first_held_out_set_never_changes():
+    """Seed 1 at 64 px is a frozen held-out set (BENCHMARKS.md): its random
+    draws (photos, shapes, the keypoint carrier) are pinned here, as drawn
+    before styles existed."""
+    want = [
+        (("camera", "camera", "immunohistochemistry", "immunohistochemistry"),
+         ("blob", "polygon", "blob"), 1),
+        (("camera", "moon", "camera"), ("ellipse", "blob"), 2),
+        (("brick", "grass", "coffee", "brick"), ("ellipse", "blob", "blob"), 1),
+        (("immunohistochemistry", "grass", "immunohistochemistry"),
+         ("blob", "polygon"), 2),
+    ]  # fmt: skip
+    for index, (sources, kinds, person) in enumerate(want):
+        v = synthetic.make_video(1, index, 24, (64, 64))
+        assert (v.sources, v.kinds, v.person) == (sources, kinds, person), index
+
+
+def _median_speed(video) -> float:
+    """Median displacement of frame 0's visible pixels per frame, to frame 6."""
+    yx = _grid((64, 64)).reshape(-1, 2)
+    moved, visible = synthetic.true_position(video, 0, 6, yx)
+    return float(np.median(np.linalg.norm(moved - yx, axis=-1)[visible])) / 6
+
+
+def test_the_unseen_style_has_other_photos_and_faster_motion():
+    from siammae_jax.data import synthetic_videos
+
+    default = [synthetic.make_video(2, i, 8, (64, 64)) for i in range(6)]
+    unseen = [synthetic.make_video(2, i, 8, (64, 64), "unseen") for i in range(6)]
+    seen_photos = set(synthetic_videos.PHOTOS)
+    assert all(not set(v.sources) & seen_photos for v in unseen)
+    assert all(set(v.sources) <= seen_photos for v in default)
+    slow = max(_median_speed(v) for v in default)
+    fast = min(_median_speed(v) for v in unseen)
+    assert fast > slow, (fast, slow)  # every unseen video moves faster
+    with pytest.raises(ValueError, match="style 'noir'"):
+        synthetic.make_video(0, 0, 2, (64, 64), "noir")
+
+
 def test_video_contents(video):
     t, (h, w) = 24, (64, 64)
     k = len(video.kinds)

@@ -41,6 +41,21 @@ FLAGS = [
     f"--config.train.steps={STEPS}",
 ]
 ROOT = Path(__file__).resolve().parents[1]
+EVAL_EVERY = 4
+# Functions only the online evaluation compiles (JAX_LOG_COMPILES names them).
+EVAL_COMPILES = ("jit(eval_features)", "jit(random_init_encoder)", "jit(_resize)")
+JF = "eval/davis/J&F"
+
+
+def _eval_flags(data_dir):
+    """Online J&F every 4 steps on the training set's 8 DAVIS-layout videos
+    (held-out data is not the point here: the mechanics are)."""
+    return [
+        f"--config.eval.every={EVAL_EVERY}",
+        f"--config.eval.data={data_dir / 'DAVIS'}",
+        "--config.eval.max_videos=8",
+        "--config.eval.davis.short_side=32",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -64,18 +79,20 @@ def _command(workdir, data_dir, *extra):
     ]
 
 
-def _env(devices=8):
+def _env(devices=8, log_compiles=False):
     env = dict(os.environ)
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     env["JAX_PLATFORMS"] = "cpu"
+    if log_compiles:
+        env["JAX_LOG_COMPILES"] = "1"
     return env
 
 
-def _run(workdir, data_dir, *extra, devices=8):
+def _run(workdir, data_dir, *extra, devices=8, log_compiles=False):
     proc = subprocess.run(
         _command(workdir, data_dir, *extra),
         cwd=ROOT,
-        env=_env(devices),
+        env=_env(devices, log_compiles),
         capture_output=True,
         text=True,
         timeout=600,
@@ -84,12 +101,27 @@ def _run(workdir, data_dir, *extra, devices=8):
     return proc
 
 
-def _losses(workdir) -> dict[int, float]:
+def _rows(workdir) -> list[dict]:
     lines = (Path(workdir) / "metrics.jsonl").read_text().splitlines()
     rows = [json.loads(line) for line in lines]
     steps = [r["step"] for r in rows]
     assert steps == sorted(set(steps)), "duplicate or unordered steps in metrics.jsonl"
-    return {r["step"]: r["loss"] for r in rows}
+    return rows
+
+
+def _losses(workdir) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in _rows(workdir) if "loss" in r}
+
+
+def _online_jf(workdir) -> dict[int, float]:
+    """Step -> online J&F (step 0: the random-init twin)."""
+    out = {}
+    for r in _rows(workdir):
+        if JF in r:
+            out[r["step"]] = r[JF]
+        if JF + "_random_init" in r:
+            out[r["step"]] = r[JF + "_random_init"]
+    return out
 
 
 def _params(workdir, step):
@@ -157,7 +189,8 @@ def _interrupted(workdir, data_dir, sig):
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory, data_dir):
     workdir = tmp_path_factory.mktemp("straight")
-    _run(workdir, data_dir)
+    proc = _run(workdir, data_dir, *_eval_flags(data_dir), log_compiles=True)
+    (workdir / "train.stderr").write_text(proc.stderr)
     return workdir
 
 
@@ -170,8 +203,29 @@ def test_straight_run_logs_and_checkpoints(straight):
         assert key in row
     for key in ("past_frame_loss_true", "past_frame_loss_other", "correspondence"):
         assert key in row  # learning measures on held-out videos
+    # Online J&F: the random-init twin at step 0, then every 4 steps.
+    jf = _online_jf(straight)
+    assert sorted(jf) == [0, 4, 8, 12, 16]
+    assert all(0.0 < v < 1.0 for v in jf.values())
+    assert row["eval/davis/videos"] == 8 and row["eval/davis/failures"] == 0
+    best = max((s for s in jf if s), key=jf.get)
     kept = sorted(int(p.name) for p in (straight / "checkpoints").iterdir())
-    assert kept == [8, 12, 16]  # keep=3 latest
+    assert kept == sorted({best, 8, 12, 16})  # keep=3 latest, plus the best
+    assert (
+        f"best online J&F {jf[best]:.4f} at step {best}"
+        in (straight / "train.stderr").read_text()
+    )
+
+
+def test_online_eval_compiles_only_when_asked(straight, tmp_path, data_dir):
+    """The straight run compiles the evaluation's functions; a run with
+    eval.every=0 (the default) compiles none of them."""
+    log = (straight / "train.stderr").read_text()
+    assert all(f"Compiling {name}" in log for name in EVAL_COMPILES)
+    proc = _run(tmp_path, data_dir, "--config.train.steps=1", log_compiles=True)
+    assert "Compiling jit(" in proc.stderr  # compiles are logged
+    for name in EVAL_COMPILES:
+        assert f"Compiling {name}" not in proc.stderr
 
 
 def test_tensorboard_has_scalars_and_an_image(straight):
@@ -260,6 +314,7 @@ def test_two_processes_agree_with_one(tmp_path, data_dir, straight):
             _command(
                 tmp_path,
                 data_dir,
+                *_eval_flags(data_dir),
                 f"--coordinator=127.0.0.1:{port}",
                 "--num_processes=2",
                 f"--process_id={i}",
@@ -283,6 +338,13 @@ def test_two_processes_agree_with_one(tmp_path, data_dir, straight):
     for x, y in zip(_leaves(a), _leaves(b), strict=True):
         # Adam turns float noise in near-zero gradients into ~lr-sized steps.
         np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-4)
+    # Online J&F at the same steps; the random-init twin exactly, the trained
+    # encoders up to what ~1e-4 parameter differences move in the masks.
+    want, got = _online_jf(straight), _online_jf(tmp_path)
+    assert sorted(got) == sorted(want)
+    assert got[0] == pytest.approx(want[0], abs=1e-6)
+    for step in want:
+        assert got[step] == pytest.approx(want[step], abs=0.01), step
 
 
 def test_divergence_stops_with_the_last_good_checkpoint(tmp_path, data_dir):
@@ -316,6 +378,10 @@ def test_divergence_stops_with_the_last_good_checkpoint(tmp_path, data_dir):
 
 
 def test_evaluate_a_training_checkpoint(tmp_path, data_dir, straight):
+    """The kept best checkpoint, scored by the evaluation CLI, gets the J&F
+    that the online evaluation logged for it."""
+    jf = _online_jf(straight)
+    best = max((s for s in jf if s), key=jf.get)
     out = tmp_path / "davis"
     proc = subprocess.run(
         [
@@ -323,7 +389,7 @@ def test_evaluate_a_training_checkpoint(tmp_path, data_dir, straight):
             "-m",
             "siammae_jax.eval",
             "davis",
-            f"--checkpoint={straight}",
+            f"--checkpoint={straight / 'checkpoints' / str(best)}",
             f"--data={data_dir / 'DAVIS'}",
             f"--out={out}",
             "--config.davis.short_side=32",
@@ -337,7 +403,7 @@ def test_evaluate_a_training_checkpoint(tmp_path, data_dir, straight):
     assert proc.returncode == 0, proc.stderr[-4000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["encoder"].endswith("(test/8)")
-    assert 0.0 <= summary["scores"]["J&F-Mean"] <= 1.0
+    assert summary["scores"]["J&F-Mean"] == pytest.approx(jf[best], abs=1e-6)
     assert "J&F-Mean" in proc.stdout
     header = (out / "global_results-val.csv").read_text().splitlines()[0]
     assert header == "J&F-Mean,J-Mean,J-Recall,J-Decay,F-Mean,F-Recall,F-Decay"
@@ -419,9 +485,22 @@ def test_pre_training_continues_from_a_whole_model_export(tmp_path, data_dir, st
     shared = tmp_path / "shared"
     export.export_checkpoint(straight, shared, "orbax", what="model", progress=False)
     workdir = tmp_path / "continued"
+    missing = tmp_path / "no_such_davis"
     proc = _run(
-        workdir, data_dir, f"--config.init_from={shared}", "--config.train.steps=2"
+        workdir,
+        data_dir,
+        f"--config.init_from={shared}",
+        "--config.train.steps=2",
+        # Issue 17: an evaluation root that does not exist never stops training.
+        "--config.eval.every=1",
+        f"--config.eval.data={missing}",
     )
     assert f"warm start from {shared}: the whole model" in proc.stderr
     first = _losses(workdir)[1]
     assert first < _losses(straight)[1] - 1e-3  # starts where the export left off
+    assert f"online eval: no sequences to evaluate: DAVIS set file {missing}" in (
+        proc.stderr
+    )
+    rows = _rows(workdir)
+    assert [r["eval/davis/failures"] for r in rows] == [1, 2, 3]  # steps 0, 1, 2
+    assert not any(JF in r or JF + "_random_init" in r for r in rows)

@@ -207,6 +207,13 @@ def _cfg(**overrides):
         ({"model.decoder_type": "dense"}, "decoder_type"),
         ({"data.min_gap": 0}, "min_gap"),
         ({"model.dtype": "float16"}, "model.dtype"),
+        ({"eval.every": -1}, "eval.every"),
+        ({"eval.every": 5, "eval.data": ""}, "eval.data"),
+        ({"eval.every": 5, "eval.max_videos": 0}, "eval.max_videos"),
+        ({"eval.every": 5, "eval.max_seconds": 0.0}, "eval.max_seconds"),
+        ({"eval.every": 5, "eval.batch_size": 0}, "eval.batch_size"),
+        # The held-out synthetic set would be the training set.
+        ({"eval.every": 5, "data.synthetic_seed": 1}, "eval.synthetic_seed"),
     ],
 )
 def test_bad_config_fails_before_compiling(overrides, field):
@@ -214,6 +221,13 @@ def test_bad_config_fails_before_compiling(overrides, field):
         config_lib.validate(_cfg(**overrides), num_devices=8, num_hosts=1)
         model_def = ModelDef.from_config(_cfg(**overrides).model, RULES)
         del model_def
+
+
+def test_held_out_and_training_seeds_may_match_for_other_data():
+    """The same seed number is fine when training reads a folder, not the
+    synthetic set (eval.data=synthetic is then held out by construction)."""
+    c = _cfg(**{"eval.every": 5, "data.synthetic_seed": 1, "data.path": "/videos"})
+    config_lib.validate(c, num_devices=8, num_hosts=1)
 
 
 def test_unknown_mesh_axis_and_rule():

@@ -49,6 +49,7 @@ from tqdm import tqdm
 from siammae_jax.data import video as video_lib
 from siammae_jax.data.synthetic_videos import (  # noqa: F401 (the public API)
     KINDS,
+    STYLES,
     SyntheticVideo,
     _check_count,
     _check_size,
@@ -122,6 +123,7 @@ def write_dataset(
     size: tuple[int, int] = (64, 64),
     seed: int = 0,
     progress: bool = True,
+    style: str = "default",
 ) -> dict:
     """Renders ``videos`` videos and writes every layout (see the module docstring).
 
@@ -133,10 +135,11 @@ def write_dataset(
       size: (height, width), even, each >= 16.
       seed: data set seed (>= 0).
       progress: show a tqdm bar over videos.
+      style: textures and motion statistics (``synthetic_videos.STYLES``).
 
     Returns:
-      A summary: ``out``, ``names``, ``frames``, ``size``, ``seed`` and the
-      JHMDB ``classes`` (kind -> video names).
+      A summary: ``out``, ``names``, ``frames``, ``size``, ``seed``,
+      ``style`` and the JHMDB ``classes`` (kind -> video names).
     """
     videos, frames = _check_count(videos, "--videos"), _check_count(frames, "--frames")
     size, seed = _check_size(size, "--size", even=True), _check_count(seed, "--seed", 0)
@@ -144,13 +147,13 @@ def write_dataset(
     _prepare_output(out)
     names, classes = [], {}
     for index in tqdm(range(videos), desc="synthetic videos", disable=not progress):
-        video = make_video(seed, index, frames, size)
+        video = make_video(seed, index, frames, size, style)
         _write_video(out, video)
         names.append(video.name)
         classes.setdefault(video.kinds[video.person - 1], []).append(video.name)
     _write_lists(out, names, classes)
     summary = {"out": str(out), "names": names, "frames": frames, "size": list(size)}
-    summary.update(seed=seed, classes=classes, generator=__name__)
+    summary.update(seed=seed, style=style, classes=classes, generator=__name__)
     (out / MARKER).write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -197,17 +200,23 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--frames", type=_positive, default=24, help="frames per video")
     parser.add_argument("--size", type=_size, default=(64, 64), help="HxW, e.g. 64x64")
     parser.add_argument("--seed", type=_non_negative, default=0, help="data set seed")
+    parser.add_argument(
+        "--style",
+        choices=sorted(STYLES),
+        default="default",
+        help="textures and motion (unseen: what the default style never shows)",
+    )
     args = parser.parse_args(argv)
     try:
         summary = write_dataset(
-            args.out, args.videos, args.frames, args.size, args.seed
+            args.out, args.videos, args.frames, args.size, args.seed, style=args.style
         )
     except FileExistsError as error:
         parser.error(str(error))
     height, width = args.size
     print(
         f"Wrote {len(summary['names'])} synthetic videos ({args.frames} frames, "
-        f"{height}x{width}, seed {args.seed}) to {args.out}: "
+        f"{height}x{width}, seed {args.seed}, style {args.style}) to {args.out}: "
         f"{', '.join(d + '/' for d in OUTPUT_DIRS)}"
     )
     return summary

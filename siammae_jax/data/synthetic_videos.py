@@ -47,6 +47,37 @@ OBJECT_SPEED = (0.02, 0.045)  # peak speed of an object's Lissajous path
 CAMERA_SPEED = (0.012, 0.03)  # steady background pan
 TEXTURE_SCALE = 2.0  # photo short side / frame side: room for the pan
 PAN_CENTRE = 12  # frame at which the pan passes the photo's centre
+# Photographs the default style never shows (all bundled with scikit-image).
+UNSEEN_PHOTOS = ("cat", "hubble_deep_field", "retina", "clock", "cell", "page", "text")
+
+
+@dataclasses.dataclass(frozen=True)
+class Style:
+    """What a synthetic set looks like and how it moves.
+
+    Attributes:
+      photos: texture photographs (scikit-image names).
+      object_speed: range of an object's peak speed, fraction of the frame
+        side per frame.
+      camera_speed: range of the background pan's speed (same unit).
+      spin: range of an object's rotation, radians per frame.
+      texture_scale: photo short side / frame side (room for the pan).
+    """
+
+    photos: tuple[str, ...]
+    object_speed: tuple[float, float]
+    camera_speed: tuple[float, float]
+    spin: tuple[float, float]
+    texture_scale: float
+
+
+STYLES = {
+    # Training and the first held-out set.
+    "default": Style(PHOTOS, OBJECT_SPEED, CAMERA_SPEED, (0.005, 0.03), TEXTURE_SCALE),
+    # The second held-out set: other photographs, and objects, pan and spin
+    # faster than anything the default style draws.
+    "unseen": Style(UNSEEN_PHOTOS, (0.05, 0.075), (0.03, 0.045), (0.03, 0.06), 3.0),
+}
 _ANGLES = np.linspace(0.0, 2 * np.pi, 1024, endpoint=False)
 
 
@@ -178,10 +209,13 @@ def _shape_profile(rng: np.random.Generator, kind: str, radius: float) -> np.nda
     return a * b / np.sqrt((b * np.cos(phi)) ** 2 + (a * np.sin(phi)) ** 2)
 
 
-def _draw_layers(rng: np.random.Generator, size: tuple[int, int]) -> list[_Layer]:
+def _draw_layers(
+    rng: np.random.Generator, size: tuple[int, int], style: Style
+) -> list[_Layer]:
     """Background plus 2-4 objects; one object is cut from the background's photo."""
-    short_side = round(TEXTURE_SCALE * max(size))
-    bg_name = PHOTOS[rng.integers(len(PHOTOS))]
+    photos = style.photos
+    short_side = round(style.texture_scale * max(size))
+    bg_name = photos[rng.integers(len(photos))]
     background = _texture(rng, bg_name, short_side)
     layers = [_Layer(background, bg_name, "background")]
     num_objects = int(rng.integers(2, 5))
@@ -190,7 +224,7 @@ def _draw_layers(rng: np.random.Generator, size: tuple[int, int]) -> list[_Layer
         kind = KINDS[rng.integers(len(KINDS))]
         profile = _shape_profile(rng, kind, rng.uniform(0.12, 0.2) * min(size))
         side = 2 * math.ceil(profile.max()) + 4
-        name = bg_name if k == own else PHOTOS[rng.integers(len(PHOTOS))]
+        name = bg_name if k == own else photos[rng.integers(len(photos))]
         source = background if k == own else _texture(rng, name, short_side)
         layers.append(_Layer(_crop(rng, source, side), name, kind, profile))
     return layers
@@ -200,17 +234,17 @@ def _draw_layers(rng: np.random.Generator, size: tuple[int, int]) -> list[_Layer
 
 
 def _object_affines(
-    rng: np.random.Generator, layer: _Layer, size, frames
+    rng: np.random.Generator, layer: _Layer, size, frames, style: Style
 ) -> np.ndarray:
     """[T, 2, 3] smooth similarity motion: Lissajous path, spin, breathing scale."""
     hw = np.array(size, np.float64)
     t = np.arange(frames, dtype=np.float64)[:, None]
     mean = rng.uniform(0.3, 0.7, 2) * hw
     amp = rng.uniform(0.2, 0.4, 2) * hw
-    omega = rng.uniform(*OBJECT_SPEED, 2) * hw / amp  # peak speed, fraction of size
+    omega = rng.uniform(*style.object_speed, 2) * hw / amp  # peak speed / size
     centre = mean + amp * np.sin(omega * t + rng.uniform(0, 2 * np.pi, 2))
     angle = (
-        rng.uniform(0, 2 * np.pi) + rng.choice([-1, 1]) * rng.uniform(0.005, 0.03) * t
+        rng.uniform(0, 2 * np.pi) + rng.choice([-1, 1]) * rng.uniform(*style.spin) * t
     )
     scale = rng.uniform(0.85, 1.15) * (
         1 + 0.12 * np.sin(rng.uniform(0.02, 0.06) * t + rng.uniform(0, 2 * np.pi))
@@ -224,14 +258,14 @@ def _object_affines(
 
 
 def _camera_affines(
-    rng: np.random.Generator, layer: _Layer, size, frames
+    rng: np.random.Generator, layer: _Layer, size, frames, style: Style
 ) -> np.ndarray:
     """[T, 2, 3] background translation: a steady pan plus a small wobble."""
     hw = np.array(size, np.float64)
     t = np.arange(frames, dtype=np.float64)[:, None]
     direction = rng.uniform(0, 2 * np.pi)
     velocity = (
-        rng.uniform(*CAMERA_SPEED)
+        rng.uniform(*style.camera_speed)
         * min(size)
         * np.array([np.sin(direction), np.cos(direction)])
     )
@@ -250,11 +284,13 @@ def _camera_affines(
     return affine
 
 
-def _draw_motion(rng, layers, depth, size, frames) -> np.ndarray:
+def _draw_motion(rng, layers, depth, size, frames, style: Style) -> np.ndarray:
     """[T, K + 1, 2, 3] affines; redrawn until every object is visible in frame 0."""
-    camera = _camera_affines(rng, layers[0], size, frames)
+    camera = _camera_affines(rng, layers[0], size, frames, style)
     for _ in range(100):
-        objects = [_object_affines(rng, layer, size, frames) for layer in layers[1:]]
+        objects = [
+            _object_affines(rng, layer, size, frames, style) for layer in layers[1:]
+        ]
         affine = np.stack([camera, *objects], axis=1)
         _, labels, _ = _render_frame(layers, affine[0], depth, size, colour=False)
         areas = [np.pi * np.mean(layer.profile**2) for layer in layers[1:]]
@@ -382,7 +418,11 @@ def _check_count(value: int, name: str, minimum: int = 1) -> int:
 
 
 def make_video(
-    seed: int, index: int, frames: int = 24, size: tuple[int, int] = (64, 64)
+    seed: int,
+    index: int,
+    frames: int = 24,
+    size: tuple[int, int] = (64, 64),
+    style: str = "default",
 ) -> SyntheticVideo:
     """Renders video ``index`` of the synthetic set ``seed`` in memory.
 
@@ -391,16 +431,25 @@ def make_video(
       index: video index (>= 0); the video does not depend on how many there are.
       frames: number of frames T.
       size: (height, width) in pixels, each >= 16.
+      style: a name of ``STYLES``: textures and motion statistics.
 
     Returns:
       The frames, their ground truth and the motion.
+
+    Raises:
+      ValueError: a bad count, size or style name.
     """
     seed, index = _check_count(seed, "seed", 0), _check_count(index, "index", 0)
     frames, size = _check_count(frames, "frames"), _check_size(size)
-    rng = np.random.default_rng([seed, index])
-    layers = _draw_layers(rng, size)
+    if style not in STYLES:
+        raise ValueError(f"style {style!r} is not one of {sorted(STYLES)}")
+    # (The default style keeps its original stream: its sets never change.)
+    style_id = list(STYLES).index(style)
+    entropy = [seed, index] if style_id == 0 else [seed, index, style_id]
+    rng = np.random.default_rng(entropy)
+    layers = _draw_layers(rng, size, STYLES[style])
     depth = tuple(int(k) for k in rng.permutation(len(layers) - 1) + 1)
-    affine = _draw_motion(rng, layers, depth, size, frames)
+    affine = _draw_motion(rng, layers, depth, size, frames, STYLES[style])
     rendered = [_render_frame(layers, affine[t], depth, size) for t in range(frames)]
     person = depth[-1]
     offsets = _keypoint_offsets(layers[person].profile) + layers[person].centre

@@ -261,6 +261,7 @@ def score(
     results_dir: str | Path,
     split: str = "val",
     progress: bool = True,
+    names: Sequence[str] | None = None,
 ) -> tuple[dict, list[dict]]:
     """Scores a results folder against DAVIS-2017 ground truth (semi-supervised).
 
@@ -272,6 +273,7 @@ def score(
       results_dir: folder of ``<seq>/<frame>.png`` predictions.
       split: set file name under ``ImageSets/2017``.
       progress: show a tqdm bar over sequences.
+      names: score only these sequences (default: all of the split's).
 
     Returns:
       ``(global_row, per_object)``: ``global_row`` maps ``GLOBAL_COLUMNS`` to
@@ -283,7 +285,7 @@ def score(
       FileNotFoundError: a set file, annotation or prediction is missing.
       ValueError: a mask of the wrong size or format, or nothing to score.
     """
-    names = read_set(davis_root, split)
+    names = read_set(davis_root, split) if names is None else names
     rows = []
     for seq in tqdm(names, desc=f"DAVIS {split}", disable=not progress):
         rows.extend(score_sequence(davis_root, results_dir, seq))

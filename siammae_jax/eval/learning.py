@@ -80,7 +80,12 @@ class HeldOut:
 
 
 def heldout_pairs(
-    seed: int, videos: int, size: int, frames: int = 24, gap: int = 12
+    seed: int,
+    videos: int,
+    size: int,
+    frames: int = 24,
+    gap: int = 12,
+    style: str = "default",
 ) -> HeldOut:
     """Pairs (frame t, frame t + gap) of ``videos`` synthetic videos.
 
@@ -95,7 +100,10 @@ def heldout_pairs(
     if not 1 <= gap < frames:
         raise ValueError(f"gap={gap} frames must be in [1, {frames - 1}] ({frames=}).")
     t1 = (frames - 1 - gap) // 2
-    vids = [synthetic.make_video(seed, i, frames, (size, size)) for i in range(videos)]
+    vids = [
+        synthetic.make_video(seed, i, frames, (size, size), style)
+        for i in range(videos)
+    ]
     stack = np.stack([v.frames[[t1, t1 + gap]] for v in vids])
     return HeldOut(stack, tuple(v.motion() for v in vids), t1, t1 + gap)
 

@@ -89,6 +89,23 @@ def _argmax_at(soft: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return propagation.grid_to_labels(soft, size).argmax(-1)
 
 
+def davis_sequence(
+    extract: Extractor, patch: int, root: PathLike, seq: str,
+    cfg: ml_collections.ConfigDict,
+) -> tuple[davis.DavisSequence, np.ndarray]:  # fmt: skip
+    """One DAVIS sequence and its propagated object ids, uint8 [T, H, W]
+    (frame 0 is the ground truth)."""
+    s = davis.load_sequence(root, seq)
+    ids = np.array((0, *s.object_ids))
+    onehot = (s.first_mask[..., None] == ids).astype(np.float32)
+    h, w = s.first_mask.shape
+    size = input_size(h, w, patch, short_side=cfg.short_side)
+    soft = propagate_video(extract, s.frames, onehot, prop_config(cfg), size)
+    masks = np.stack([ids[_argmax_at(x, (h, w))] for x in soft]).astype(np.uint8)
+    masks[0] = s.first_mask
+    return s, masks
+
+
 def run_davis(
     extract: Extractor, patch: int, root: PathLike, out: PathLike,
     cfg: ml_collections.ConfigDict, overlays: int = 3, progress: bool = True,
@@ -97,14 +114,7 @@ def run_davis(
     out = epath.Path(out)
     names = davis.read_set(root, cfg.split)
     for i, seq in enumerate(tqdm(names, desc="DAVIS", disable=not progress)):
-        s = davis.load_sequence(root, seq)
-        ids = np.array((0, *s.object_ids))
-        onehot = (s.first_mask[..., None] == ids).astype(np.float32)
-        h, w = s.first_mask.shape
-        size = input_size(h, w, patch, short_side=cfg.short_side)
-        soft = propagate_video(extract, s.frames, onehot, prop_config(cfg), size)
-        masks = np.stack([ids[_argmax_at(x, (h, w))] for x in soft]).astype(np.uint8)
-        masks[0] = s.first_mask
+        s, masks = davis_sequence(extract, patch, root, seq, cfg)
         davis.write_masks(out, seq, s.frame_names, masks)
         if i < overlays:
             _save_strip(out / "overlays" / f"{seq}.png", s.frames, masks)
@@ -113,11 +123,15 @@ def run_davis(
     return global_row
 
 
+def overlay_strip(frames: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """A few frames of a video with their labels drawn over them, side by side."""
+    picks = pictures.pick_frames(len(frames))
+    return pictures.strip([pictures.overlay(frames[t], labels[t]) for t in picks])
+
+
 def _save_strip(path: epath.Path, frames, labels) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    picks = pictures.pick_frames(len(frames))
-    images = [pictures.overlay(frames[t], labels[t]) for t in picks]
-    pictures.save(path, pictures.strip(images))
+    pictures.save(path, overlay_strip(frames, labels))
 
 
 def run_jhmdb(

@@ -25,6 +25,13 @@ _policies = ocp.checkpoint_managers
 STATE_ITEM, DATA_ITEM, CONFIG_ITEM = "state", "data", "config"
 
 
+BEST_METRIC = "J&F"  # ranks checkpoints when keep_best is on
+
+
+def _best_metric(metrics: dict[str, float]) -> float:
+    return metrics[BEST_METRIC]
+
+
 class _IteratorSnapshot:
     """The data iterator's state taken at save time.
 
@@ -48,6 +55,9 @@ class Checkpointer:
       keep: number of latest checkpoints kept.
       keep_every: also keep every N-th step for good (0: none).
       async_save: write in the background while training goes on.
+      keep_best: also keep the checkpoint with the highest ``metrics["J&F"]``
+        (orbax's ``BestN`` policy; steps saved without metrics are kept only
+        as latest or every-N-th ones).
     """
 
     def __init__(
@@ -58,11 +68,23 @@ class Checkpointer:
         keep: int = 3,
         keep_every: int = 0,
         async_save: bool = True,
+        keep_best: bool = False,
     ):
         preserve = [_policies.LatestN(n=keep)]
         if keep_every > 0:
             preserve.append(_policies.EveryNSteps(interval_steps=keep_every))
+        best = {}
+        if keep_best:
+            preserve.append(
+                _policies.BestN(
+                    get_metric_fn=_best_metric,
+                    n=1,
+                    keep_checkpoints_without_metrics=False,
+                )
+            )
+            best = {"best_fn": _best_metric, "best_mode": "max"}
         options = ocp.CheckpointManagerOptions(
+            **best,
             save_decision_policy=_policies.FixedIntervalPolicy(every),
             preservation_policy=_policies.AnyPreservationPolicy(preserve),
             enable_async_checkpointing=async_save,
@@ -74,6 +96,7 @@ class Checkpointer:
             directory = os.path.abspath(directory)
         self.directory = epath.Path(directory)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self.keep_best = keep_best
 
     def latest_step(self) -> int | None:
         """The newest complete checkpoint's step (None when there is none)."""
@@ -87,14 +110,20 @@ class Checkpointer:
         config: ml_collections.ConfigDict,
         *,
         force: bool = False,
+        metrics: dict[str, float] | None = None,
     ) -> bool:
-        """Starts saving ``step`` if the policy (or ``force``) says so."""
+        """Starts saving ``step`` if the policy (or ``force``) says so;
+        ``metrics`` (``{"J&F": ...}``) rank it for ``keep_best``."""
         args = ocp.args.Composite(**{
             STATE_ITEM: ocp.args.StandardSave(state),
             DATA_ITEM: grain.checkpoint.CheckpointSave(_IteratorSnapshot(iterator)),
             CONFIG_ITEM: ocp.args.JsonSave(json.loads(config.to_json())),
         })  # fmt: skip
-        return self.manager.save(step, args=args, force=force)
+        return self.manager.save(step, args=args, force=force, metrics=metrics)
+
+    def best_step(self) -> int | None:
+        """The kept step with the highest J&F (None: none was ranked)."""
+        return self.manager.best_step() if self.keep_best else None
 
     def restore(
         self, step: int, abstract_state: TrainState, iterator: grain.DatasetIterator

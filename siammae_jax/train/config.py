@@ -79,9 +79,37 @@ def validate(
             "data.check_videos must be >= 0",
         ),
     ]
+    checks += _eval_checks(config)
     for ok, message in checks:
         if not ok:
             raise ValueError(f"bad config: {message}.")
+
+
+def _eval_checks(config: ml_collections.ConfigDict) -> list[tuple[bool, str]]:
+    """The ``eval`` section (absent in configs saved before it existed)."""
+    e = config.get("eval")
+    if e is None or not e.every:
+        return [] if e is None else [(e.every >= 0, "eval.every must be >= 0")]
+    d = config.data
+    synthetic_train = d.format == "synthetic" or not d.format and not d.path
+    return [
+        (e.every > 0, f"eval.every={e.every} must be >= 0"),
+        (
+            bool(e.data),
+            "eval.every > 0 needs eval.data: a DAVIS-2017 root or 'synthetic'",
+        ),
+        (e.max_videos >= 1, f"eval.max_videos={e.max_videos} must be >= 1"),
+        (e.max_seconds > 0, f"eval.max_seconds={e.max_seconds} must be > 0"),
+        (e.batch_size >= 1, f"eval.batch_size={e.batch_size} must be >= 1"),
+        (
+            e.data != "synthetic"
+            or not synthetic_train
+            or d.get("synthetic_seed", config.seed) != e.synthetic_seed,
+            f"eval.synthetic_seed={e.synthetic_seed} is the synthetic training "
+            "set's seed (data.synthetic_seed): the held-out videos would be the "
+            "training videos",
+        ),
+    ]
 
 
 @dataclasses.dataclass(frozen=True)

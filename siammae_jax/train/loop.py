@@ -27,7 +27,7 @@ from siammae_jax.data import pairs, pipeline, sources, synthetic
 from siammae_jax.eval import learning, pictures
 from siammae_jax.models import SiamMAE, flops
 from siammae_jax.models.definition import ModelDef
-from siammae_jax.train import checkpoint, metrics
+from siammae_jax.train import checkpoint, evaluation, metrics
 from siammae_jax.train import config as config_lib
 from siammae_jax.train import mesh as mesh_lib
 from siammae_jax.train import state as state_lib
@@ -55,6 +55,7 @@ class Run:
     tx: Any
     predict: Any  # jitted (params, buffers, uint8 frames, step) -> (frames, Output)
     measures: Any  # (params, step) -> dict of learning measures, or None
+    evaluate: evaluation.OnlineDavis | None  # online J&F (eval.every > 0)
     data: grain.DatasetIterator
     ckpt: checkpoint.Checkpointer
     flops_per_pair: float
@@ -85,10 +86,10 @@ def open_data(
                 videos=d.synthetic_videos,
                 frames=d.synthetic_frames,
                 size=(d.synthetic_size, d.synthetic_size),
-                seed=config.seed,
+                seed=d.get("synthetic_seed", config.seed),
                 progress=False,
             )
-        _barrier("synthetic_data")
+        mesh_lib.barrier("synthetic_data")
         source = sources.open_source(root / "frames", "frames")
     else:
         source = sources.open_source(
@@ -142,7 +143,17 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
         keep=config.checkpoint.keep,
         keep_every=config.checkpoint.keep_every,
         async_save=config.checkpoint.async_save,
+        keep_best=_evaluating(config) and config.eval.keep_best,
     )
+    evaluate = None
+    if _evaluating(config):
+        evaluate = evaluation.OnlineDavis(
+            config,
+            built.model_def,
+            mesh,
+            workdir,
+            progress=config.train.get("progress_bar", False),
+        )
     return Run(
         config=config,
         workdir=workdir,
@@ -154,10 +165,15 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
         tx=built.tx,
         predict=_make_predict(built.model_def, config.seed),
         measures=_make_measures(config, built.model_def),
+        evaluate=evaluate,
         data=data_iterator(config, source),
         ckpt=ckpt,
         flops_per_pair=flops.pair_flops(**built.model_def.model_kwargs)["train"],
     )
+
+
+def _evaluating(config: ml_collections.ConfigDict) -> bool:
+    return bool(config.get("eval") and config.eval.every)
 
 
 def _log_memory(abstract: state_lib.TrainState, memory) -> None:
@@ -249,13 +265,6 @@ def warm_start(state: state_lib.TrainState, path: str) -> state_lib.TrainState:
         "the whole model" if whole else "the encoder (decoder freshly initialised)",
     )
     return state.replace(params=params)
-
-
-def _barrier(name: str) -> None:
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)
 
 
 class _Preemption:
@@ -358,9 +367,17 @@ def train_loop(
     c, total = run.config, run.schedule.total_steps
     start = int(state.step)
     key = jax.random.key(c.seed)
+    main, bar_on = jax.process_index() == 0, c.train.get("progress_bar", False)
     hooks = metrics.progress_hooks(
-        str(run.workdir), total, jax.process_index() == 0, c.train.profile_steps
+        str(run.workdir), total, main, c.train.profile_steps, report=not bar_on
     )
+    bar = metrics.TrainingBar(total, start, enabled=main and bar_on)
+    if run.evaluate and start == 0:  # the random-init twin, once per run
+        twin = run.evaluate.random_init_params()
+        first = _evaluate(run, logger, twin, 0, True).scalars
+        logger.write_scalars(0, first)
+        bar.update(0, first)
+        del twin
     flag, window = _Preemption(), _Window(time.perf_counter(), start)
     skipped = bad_total = 0
     try:
@@ -379,22 +396,58 @@ def train_loop(
                 scalars.update(window.rates(run, done))
             if run.measures and (done % c.train.measure_every == 0 or done == total):
                 scalars.update(run.measures(state.params, done))
+            ranked = None
+            if (
+                run.evaluate
+                and bad == 0
+                and (done % c.eval.every == 0 or done == total)
+            ):
+                result = _evaluate(run, logger, state.params["encoder"], done)
+                scalars.update(result.scalars)
+                if result.jf is not None:
+                    ranked = {checkpoint.BEST_METRIC: result.jf}
             if scalars:
                 logger.write_scalars(done, scalars)
+            bar.update(done, scalars)
             if c.train.image_every and done % c.train.image_every == 0:
                 logger.write_images(done, _pictures(run, state, batch, done))
             stop = _stop_requested(flag)
             if bad == 0:
-                run.ckpt.save(done, state, run.data, c, force=stop or done == total)
+                force = stop or done == total or ranked is not None
+                run.ckpt.save(done, state, run.data, c, force=force, metrics=ranked)
             for hook in hooks:
                 hook(done)
             if stop:
                 logging.warning("stopped by %s after step %d", flag.name, done)
                 break
     finally:
+        bar.close()
         flag.restore()
         run.ckpt.wait()
+    _log_best(run)
     return state
+
+
+def _evaluate(
+    run: Run, logger, params, step: int, random_init: bool = False
+) -> evaluation.Result:
+    """Online J&F of the encoder ``params``, its pictures written."""
+    result = run.evaluate(params, step, random_init=random_init)
+    if result.images:
+        logger.write_images(step, result.images)
+    return result
+
+
+def _log_best(run: Run) -> None:
+    best = run.ckpt.best_step()
+    if best is not None:
+        jf = run.ckpt.manager.metrics(best)[checkpoint.BEST_METRIC]
+        logging.info(
+            "best online J&F %.4f at step %d: %s",
+            jf,
+            best,
+            run.ckpt.directory / str(best),
+        )
 
 
 def _diverged(run: Run, step: int, bad: int):
@@ -436,6 +489,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainState
         str(r.workdir),
         is_main=jax.process_index() == 0,
         total_steps=r.schedule.total_steps,
+        console=not config.train.get("progress_bar", False),
     )
     logger.truncate_after(int(state.step) + 1)  # lines logged after the checkpoint
     logging.info(

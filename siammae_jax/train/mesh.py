@@ -76,3 +76,11 @@ def check_rules(rules: Rules) -> None:
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """Inputs: leading (batch) dimension over the data-parallel axes."""
     return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+
+
+def barrier(name: str) -> None:
+    """Waits for every process (nothing to wait for with one)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
+from tqdm import tqdm
 
 JSONL_NAME = "metrics.jsonl"
 
@@ -31,19 +32,32 @@ class MetricsLogger:
       workdir: where the event files and metrics.jsonl go.
       is_main: whether this is process 0 (the only one writing to disk).
       total_steps: the run's length, for the progress hooks' ETA.
+      console: also log every scalar to the console (off under a progress
+        bar: TensorBoard and metrics.jsonl keep them all).
       writer: the clu writer (logging only on non-main processes).
       jsonl_path: path of metrics.jsonl, or None when none is written.
     """
 
     def __init__(
-        self, workdir: str, *, is_main: bool = True, total_steps: int | None = None
+        self,
+        workdir: str,
+        *,
+        is_main: bool = True,
+        total_steps: int | None = None,
+        console: bool = True,
     ):
         self.workdir = os.fspath(workdir)
         self.is_main = is_main
         self.total_steps = total_steps
-        self.writer = metric_writers.create_default_writer(
-            self.workdir, just_logging=not is_main
-        )
+        self.console = console
+        if is_main and not console:
+            self.writer = metric_writers.AsyncMultiWriter(
+                [metric_writers.SummaryWriter(self.workdir)]
+            )
+        else:
+            self.writer = metric_writers.create_default_writer(
+                self.workdir, just_logging=not is_main
+            )
         self.jsonl_path: str | None = None
         self._jsonl = None
         self._closed = False
@@ -135,6 +149,7 @@ class MetricsLogger:
             self.is_main,
             profile_steps,
             writer=self.writer,
+            report=self.console,
         )
 
     def flush(self) -> None:
@@ -267,6 +282,7 @@ def progress_hooks(
     *,
     every_secs: float = 60.0,
     writer: metric_writers.MetricWriter | None = None,
+    report: bool = True,
 ) -> list[periodic_actions.PeriodicAction]:
     """clu periodic actions to call as ``hook(step)`` after every step.
 
@@ -277,19 +293,68 @@ def progress_hooks(
       profile_steps: steps per profile; 0 turns profiling off.
       every_secs: how often progress (steps/s, ETA) is reported.
       writer: also writes steps/s and uptime there when given.
+      report: include ``ReportProgress`` (off under a progress bar).
 
     Returns:
-      ``ReportProgress``, then ``Profile`` when ``profile_steps > 0``.
+      ``ReportProgress`` (when ``report``), then ``Profile`` when
+      ``profile_steps > 0``.
     """
     if not is_main:
         return []
-    hooks: list[periodic_actions.PeriodicAction] = [
-        periodic_actions.ReportProgress(
-            num_train_steps=total_steps, writer=writer, every_secs=every_secs
+    hooks: list[periodic_actions.PeriodicAction] = []
+    if report:
+        hooks.append(
+            periodic_actions.ReportProgress(
+                num_train_steps=total_steps, writer=writer, every_secs=every_secs
+            )
         )
-    ]
     if profile_steps > 0:
         hooks.append(
             periodic_actions.Profile(logdir=workdir, num_profile_steps=profile_steps)
         )
     return hooks
+
+
+class TrainingBar:
+    """One live console line for a training run (tqdm): steps, ETA and the
+    latest loss, pairs/s and online J&F.
+
+    Args:
+      total: the run's steps.
+      start: the step the run starts (or resumes) from.
+      enabled: draw it (process 0 with ``train.progress_bar``).
+      file: where to draw (stderr by default).
+    """
+
+    SHOWN = (  # scalar -> (label, format)
+        ("loss", "loss", ".4f"),
+        ("pairs_per_sec", "pairs/s", ".0f"),
+        ("eval/davis/J&F_random_init", "J&F at init", ".3f"),
+        ("eval/davis/J&F", "J&F", ".3f"),
+    )
+
+    def __init__(self, total: int, start: int, enabled: bool, file=None):
+        self._bar = tqdm(
+            total=total,
+            initial=start,
+            desc="pre-training",
+            unit="step",
+            disable=not enabled,
+            dynamic_ncols=True,
+            file=file,
+        )
+        self._shown: dict[str, str] = {}
+
+    def update(self, step: int, scalars: Mapping[str, Any]) -> None:
+        """Moves to ``step``, showing any of ``SHOWN`` in ``scalars``."""
+        if self._bar.disable:
+            return
+        for key, label, fmt in self.SHOWN:
+            if key in scalars:
+                self._shown[label] = format(float(scalars[key]), fmt)
+        text = ", ".join(f"{k} {v}" for k, v in self._shown.items())
+        self._bar.set_postfix_str(text, refresh=False)
+        self._bar.update(step - self._bar.n)
+
+    def close(self) -> None:
+        self._bar.close()

@@ -1,0 +1,324 @@
+"""Online evaluation: DAVIS-style J&F of the encoder while it trains.
+
+Every ``eval.every`` steps and at the end of a run, the train state's own
+encoder parameters (on the devices, never copied to the host) encode the
+held-out sequences on the training mesh: each batch of frames is split over
+the data-parallel axes and the features are gathered. Label propagation,
+predicted masks and scores are those of ``python -m siammae_jax.eval davis``
+(``eval.tasks.davis_sequence``, ``eval.davis_score``) with the settings of
+``config.eval.davis``, so a checkpoint scored there gets the same J&F.
+
+Every process encodes and propagates every sequence (they must take part in
+each sharded encoder call anyway); process 0 writes the predictions to
+``WORKDIR/eval/davis`` (a local temporary folder for remote workdirs), scores
+them and sends the scores to the others, so that all of them hand the same
+metrics to the checkpoint manager's best-J&F policy. The folder holds the latest
+evaluation's predictions, CSVs and ``overlays/``; the random-init twin's are in
+its ``random_init/`` sub-folder.
+
+``eval.max_videos`` takes the first sequences of the split; ``eval.max_seconds``
+bounds the first evaluation of a run (normally the random-init encoder's, at
+step 0), which fixes the sequences that every later evaluation of the run
+scores, so the J&F curve compares like with like.
+
+A failure (no such root, an unreadable sequence, a scoring error) is logged
+and counted in ``eval/davis/failures``; it never stops training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import tempfile
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from etils import epath
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+from tqdm import tqdm
+
+from siammae_jax.data import pairs, synthetic
+from siammae_jax.eval import davis, davis_score, pictures, tasks
+from siammae_jax.models.definition import ModelDef
+from siammae_jax.train import mesh as mesh_lib
+from siammae_jax.weights import params as weight_params
+
+PREFIX = "eval/davis/"
+RANDOM_INIT = "_random_init"  # suffix of the random-init twin's scores
+# Scores logged, from davis_score's global row.
+SCORES = {"J&F": "J&F-Mean", "J": "J-Mean", "F": "F-Mean"}
+
+
+@dataclasses.dataclass
+class Result:
+    """One evaluation: scalars for the logger, overlay pictures, and the J&F
+    (None when nothing could be scored)."""
+
+    scalars: dict[str, float]
+    images: dict[str, np.ndarray]
+    jf: float | None
+
+
+class OnlineDavis:
+    """Scores encoder parameters on a held-out DAVIS-layout set.
+
+    Args:
+      config: the training config (sections ``eval``, ``model``, ``data``).
+      model_def: the run's model (for the random-init twin).
+      mesh: the training mesh.
+      workdir: the run's workdir.
+      progress: show a bar over the sequences (process 0).
+    """
+
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict,
+        model_def: ModelDef,
+        mesh: jax.sharding.Mesh,
+        workdir: epath.Path,
+        progress: bool = False,
+    ):
+        self.cfg = config.eval
+        self.seed = config.seed
+        self.model_def = model_def
+        self.mesh = mesh
+        self.is_main = jax.process_index() == 0
+        self.progress = progress and self.is_main
+        local = "://" not in str(workdir)
+        self.out = (
+            workdir / "eval" / "davis"
+            if local and self.is_main
+            else epath.Path(tempfile.mkdtemp(prefix="siammae_eval_"))
+        )
+        self.root = self._data_root(config, workdir, local)
+        self.names: list[str] | None = None  # fixed by the first evaluation
+        self.failures = 0
+        encoder = weight_params.build_encoder(
+            config.model.encoder, config.model.image_size
+        )
+        self.patch = encoder.patch
+        data_parallel = math.prod(mesh.shape[a] for a in mesh_lib.BATCH_AXES)
+        self.batch = math.ceil(self.cfg.batch_size / data_parallel) * data_parallel
+        self._frames_sharding = mesh_lib.batch_sharding(mesh)
+        self._features = _features_fn(encoder, NamedSharding(mesh, PartitionSpec()))
+
+    # ---------------------------------------------------------------- data
+
+    def _data_root(
+        self, config: ml_collections.ConfigDict, workdir: epath.Path, local: bool
+    ) -> epath.Path:
+        """The DAVIS root; ``synthetic`` writes the held-out set first."""
+        e = self.cfg
+        if e.data != "synthetic":
+            return epath.Path(e.data)
+        shared = local  # a local workdir is one filesystem for every process
+        base = (
+            workdir / "eval_synthetic"
+            if shared
+            else epath.Path(tempfile.mkdtemp(prefix="siammae_heldout_"))
+        )
+        if (self.is_main or not shared) and not (base / synthetic.MARKER).exists():
+            size = config.model.image_size
+            logging.info(
+                "writing %d held-out synthetic videos (seed %d, style %s) to %s",
+                e.max_videos,
+                e.synthetic_seed,
+                e.get("synthetic_style", "default"),
+                base,
+            )
+            synthetic.write_dataset(
+                base,
+                videos=e.max_videos,
+                frames=e.synthetic_frames,
+                size=(size, size),
+                seed=e.synthetic_seed,
+                progress=False,
+                style=e.get("synthetic_style", "default"),
+            )
+        if shared:
+            mesh_lib.barrier("eval_synthetic")
+        return base / "DAVIS"
+
+    def _extract(self, params: Any) -> tasks.Extractor:
+        """uint8 frames [T, H, W, 3] -> features [T, h, w, D] with ``params``."""
+
+        def extract(frames: np.ndarray) -> np.ndarray:
+            out = []
+            for start in range(0, len(frames), self.batch):
+                chunk = frames[start : start + self.batch]
+                pad = self.batch - len(chunk)
+                if pad:
+                    chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, 0)])
+                x = jax.make_array_from_callback(
+                    chunk.shape, self._frames_sharding, chunk.__getitem__
+                )
+                feats = self._features(params, x).addressable_data(0)
+                out.append(np.asarray(feats)[: self.batch - pad])
+            return np.concatenate(out)
+
+        return extract
+
+    # ----------------------------------------------------------- evaluation
+
+    def random_init_params(self) -> Any:
+        """The encoder parameters a fresh run starts from (the random-init
+        twin), placed like the train state's."""
+        shardings = jax.tree.map(
+            lambda spec: NamedSharding(self.mesh, spec),
+            self.model_def.param_specs["encoder"],
+        )
+
+        def random_init_encoder(key):
+            return self.model_def.init_params(key)["encoder"]
+
+        init = jax.jit(random_init_encoder, out_shardings=shardings)
+        return init(jax.random.key(self.seed))
+
+    def __call__(self, params: Any, step: int, *, random_init: bool = False) -> Result:
+        """Scores the encoder ``params`` (``state.params["encoder"]``).
+
+        Never raises for bad data: failures are logged and counted.
+        """
+        suffix = RANDOM_INIT if random_init else ""
+        out = self.out / "random_init" if random_init else self.out
+        start = time.perf_counter()
+        try:
+            names = self._sequences()
+        except (OSError, ValueError) as e:
+            return self._failed(f"no sequences to evaluate: {e}", start)
+        done, images = [], {}
+        extract = self._extract(params)
+        bar = tqdm(
+            names,
+            desc=f"eval {'random init' if random_init else f'step {step}'}",
+            disable=not self.progress,
+            leave=False,
+        )
+        for seq in bar:
+            try:
+                s, masks = tasks.davis_sequence(
+                    extract, self.patch, self.root, seq, self.cfg.davis
+                )
+            except (OSError, ValueError) as e:
+                self.failures += 1
+                logging.warning("online eval: sequence %s failed: %s", seq, e)
+                continue
+            if self.is_main:
+                davis.write_masks(out, seq, s.frame_names, masks)
+                if len(images) < self.cfg.overlays:
+                    strip = tasks.overlay_strip(s.frames, masks)
+                    images[f"{PREFIX}{seq}{suffix}"] = strip
+                    (out / "overlays").mkdir(parents=True, exist_ok=True)
+                    pictures.save(out / "overlays" / f"{seq}.png", strip)
+            done.append(seq)
+            if self.names is None and _agree(
+                time.perf_counter() - start > self.cfg.max_seconds
+            ):
+                break
+        bar.close()
+        if self.names is None:
+            self._fix(names, done)
+        scores = self._score(out, done)
+        seconds = time.perf_counter() - start
+        scalars = {
+            f"{PREFIX}videos{suffix}": len(done),
+            f"{PREFIX}failures": self.failures,
+            f"{PREFIX}seconds{suffix}": seconds,
+        }
+        if scores is None:
+            return Result(scalars, images, None)
+        scalars.update({f"{PREFIX}{k}{suffix}": v for k, v in scores.items()})
+        logging.info(
+            "online eval at step %d%s: J&F %.4f (J %.4f, F %.4f) on %d sequences "
+            "of %s in %.1f s",
+            step,
+            " (random-init encoder)" if random_init else "",
+            scores["J&F"],
+            scores["J"],
+            scores["F"],
+            len(done),
+            self.root,
+            seconds,
+        )
+        return Result(scalars, images, scores["J&F"])
+
+    def _sequences(self) -> list[str]:
+        if self.names is not None:
+            return self.names
+        names = davis.read_set(self.root, self.cfg.davis.split)
+        if not names:
+            raise ValueError(f"split {self.cfg.davis.split!r} of {self.root} is empty")
+        return names[: self.cfg.max_videos]
+
+    def _fix(self, names: list[str], done: list[str]) -> None:
+        """The first evaluation fixes the sequences of every later one."""
+        self.names = done
+        if len(done) < len(names):
+            logging.warning(
+                "online eval: %d of %d sequences fit eval.max_seconds=%s; every "
+                "evaluation of this run scores those %d",
+                len(done),
+                len(names),
+                self.cfg.max_seconds,
+                len(done),
+            )
+
+    def _score(self, out: epath.Path, done: list[str]) -> dict[str, float] | None:
+        """Process 0 scores its predictions; every process gets the scores."""
+        values = np.full(len(SCORES), np.nan)
+        if self.is_main and done:
+            try:
+                row, rows = davis_score.score(
+                    self.root, out, self.cfg.davis.split, progress=False, names=done
+                )
+                davis_score.write_csvs(out, row, rows, self.cfg.davis.split)
+                values = np.array([row[c] for c in SCORES.values()])
+            except (OSError, ValueError) as e:
+                logging.warning("online eval: scoring failed: %s", e)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            # (float32 on the wire unless x64 is on: ~1e-8 on a J&F)
+            values = np.asarray(multihost_utils.broadcast_one_to_all(values))
+        if np.isnan(values).any():
+            self.failures += bool(done)
+            return None
+        return dict(zip(SCORES, (float(v) for v in values), strict=True))
+
+    def _failed(self, message: str, start: float) -> Result:
+        self.failures += 1
+        logging.warning("online eval: %s (training goes on)", message)
+        scalars = {
+            f"{PREFIX}failures": self.failures,
+            f"{PREFIX}seconds": time.perf_counter() - start,
+        }
+        return Result(scalars, {}, None)
+
+
+def _features_fn(encoder, replicated: NamedSharding):
+    """Jitted ``(encoder params, uint8 frames) -> features``, gathered on every
+    device; float32 like the evaluation CLI's encoder."""
+    graphdef, _, rest = nnx.split(encoder, nnx.Param, ...)
+    rest = nnx.to_pure_dict(rest)
+
+    @functools.partial(jax.jit, out_shardings=replicated)
+    def eval_features(params, frames):
+        model = nnx.merge(graphdef, params, rest)
+        return model.features(pairs.normalize(frames))
+
+    return eval_features
+
+
+def _agree(flag: bool) -> bool:
+    """Process 0's ``flag`` on every process (one decision for all)."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))

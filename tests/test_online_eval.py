@@ -1,0 +1,135 @@
+"""Online J&F (issue 17): the training process's evaluator on 8 fake devices
+against the evaluation CLI's own extractor and runner."""
+
+import shutil
+
+import jax
+import numpy as np
+import pytest
+from conftest import TEST_MODEL
+
+from configs import siammae as siammae_config
+from siammae_jax.data import synthetic
+from siammae_jax.eval import davis, encoder, tasks
+from siammae_jax.models.definition import ModelDef
+from siammae_jax.train import evaluation
+from siammae_jax.train import mesh as mesh_lib
+from siammae_jax.weights import params as weight_params
+
+VIDEOS = 4
+
+
+@pytest.fixture(scope="module")
+def heldout(tmp_path_factory):
+    root = tmp_path_factory.mktemp("heldout")
+    synthetic.write_dataset(
+        root, videos=VIDEOS, frames=8, size=(32, 32), seed=1, progress=False
+    )
+    return root / "DAVIS"
+
+
+def _config(root, **eval_fields):
+    c = siammae_config.get_config("tiny")
+    c.model.update(TEST_MODEL)
+    c.eval.update(
+        every=1, data=str(root), max_videos=VIDEOS, batch_size=3, **eval_fields
+    )
+    c.eval.davis.short_side = 32
+    return c
+
+
+def _online(config, workdir):
+    model_def = ModelDef.from_config(config.model, config.sharding_rules)
+    mesh = mesh_lib.make_mesh(config.mesh.to_dict())
+    return evaluation.OnlineDavis(config, model_def, mesh, workdir)
+
+
+@pytest.fixture(scope="module")
+def online(heldout, tmp_path_factory):
+    """(evaluator on an 8-device mesh, its random-init encoder params, config)."""
+    assert jax.device_count() == 8
+    config = _config(heldout)
+    ev = _online(config, tmp_path_factory.mktemp("run"))
+    return ev, ev.random_init_params(), config
+
+
+def _cli_extractor(config, params):
+    """What ``python -m siammae_jax.eval davis --checkpoint`` builds: the
+    encoder on the host, one device, float32."""
+    model = weight_params.encoder_from(config.model, jax.device_get(params), "test")
+    return encoder.FeatureExtractor(model), model.patch
+
+
+def test_batches_are_split_over_the_devices_and_match_the_cli(online, heldout):
+    ev, params, config = online
+    assert ev.batch == 8  # eval.batch_size=3 rounded up to the 8 devices
+    frames = davis.load_sequence(heldout, "synth_0000").frames  # 8 frames, 1 batch
+    frames = np.concatenate([frames, frames[:3]])  # 11: a padded second batch
+    extract, _ = _cli_extractor(config, params)
+    got = ev._extract(params)(frames)
+    assert got.shape == (11, 4, 4, 32)
+    np.testing.assert_allclose(got, extract(frames), atol=1e-5)
+
+
+def test_scores_equal_the_cli_runner(online, heldout, tmp_path):
+    ev, params, config = online
+    result = ev(params, 0, random_init=True)
+    extract, patch = _cli_extractor(config, params)
+    want = tasks.run_davis(
+        extract, patch, heldout, tmp_path, config.eval.davis, 0, progress=False
+    )
+    s = result.scalars
+    assert s["eval/davis/J&F_random_init"] == pytest.approx(want["J&F-Mean"], abs=1e-6)
+    assert s["eval/davis/J_random_init"] == pytest.approx(want["J-Mean"], abs=1e-6)
+    assert s["eval/davis/F_random_init"] == pytest.approx(want["F-Mean"], abs=1e-6)
+    assert s["eval/davis/videos_random_init"] == VIDEOS
+    assert s["eval/davis/failures"] == 0
+    assert result.jf == s["eval/davis/J&F_random_init"]
+    assert sorted(result.images) == [
+        "eval/davis/synth_0000_random_init",
+        "eval/davis/synth_0001_random_init",
+    ]  # eval.overlays=2
+    strip = result.images["eval/davis/synth_0000_random_init"]
+    assert strip.dtype == np.uint8 and strip.shape[0] == 32
+    # Predictions in the official layout, where the CLI would write them.
+    assert (ev.out / "random_init" / "synth_0003" / "00007.png").is_file()
+    assert (ev.out / "random_init" / "overlays" / "synth_0001.png").is_file()
+
+
+def test_a_broken_sequence_is_counted_and_the_rest_scored(online, heldout, tmp_path):
+    ev, params, config = online
+    broken = tmp_path / "broken"
+    shutil.copytree(heldout, broken)
+    (broken / "JPEGImages" / "480p" / "synth_0001" / "00003.jpg").write_bytes(b"x")
+    result = _online(_config(broken), tmp_path / "run")(params, 5)
+    assert result.scalars["eval/davis/failures"] == 1
+    assert result.scalars["eval/davis/videos"] == VIDEOS - 1
+    # The same score as the CLI on a split without that sequence.
+    kept = [n for n in davis.read_set(heldout) if n != "synth_0001"]
+    (broken / "ImageSets" / "2017" / "val.txt").write_text("\n".join(kept) + "\n")
+    extract, patch = _cli_extractor(config, params)
+    want = tasks.run_davis(
+        extract, patch, broken, tmp_path / "cli", config.eval.davis, 0, False
+    )
+    assert result.jf == pytest.approx(want["J&F-Mean"], abs=1e-6)
+
+
+def test_the_first_evaluation_fixes_the_sequences_within_the_time_bound(
+    online, heldout, tmp_path
+):
+    ev, params, _ = online
+    bounded = _online(_config(heldout, max_seconds=1e-9), tmp_path)
+    first = bounded(params, 0, random_init=True)
+    assert first.scalars["eval/davis/videos_random_init"] == 1  # at least one
+    assert bounded.names == ["synth_0000"]
+    later = bounded(params, 10)
+    assert later.scalars["eval/davis/videos"] == 1  # the same one, not a new cut
+    assert later.jf is not None
+
+
+def test_a_missing_root_is_reported_not_raised(online, tmp_path):
+    ev, params, _ = online
+    result = _online(_config(tmp_path / "nothing"), tmp_path / "run")(params, 3)
+    assert result.jf is None and result.images == {}
+    assert result.scalars["eval/davis/failures"] == 1
+    assert "eval/davis/J&F" not in result.scalars
