@@ -6,6 +6,7 @@ A script's own folder, not the repository root, is first on ``sys.path``, so the
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import pathlib
 
@@ -18,3 +19,26 @@ def get_config(variant: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config(variant)
+
+
+def _value(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def config_with_overrides(spec: str):
+    """``variant[,field=value,...]``, e.g. ``tiny,model.decoder_depth=2``: the
+    variant with those fields set (values read as Python literals, else as
+    strings)."""
+    variant, *overrides = spec.split(",")
+    config = get_config(variant)
+    for item in overrides:
+        field, text = item.split("=", 1)
+        *parents, leaf = field.split(".")
+        node = config
+        for name in parents:
+            node = node[name]
+        node[leaf] = _value(text)
+    return config

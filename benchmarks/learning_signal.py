@@ -34,7 +34,6 @@ comma-separated ``field=value`` overrides, e.g. a larger CPU config::
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import time
 
@@ -74,24 +73,9 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def _value(text: str):
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
-
-
 def make_config(args: argparse.Namespace, seed: int):
     """The variant with the overrides of ``--config`` and the ablation flags."""
-    variant, *overrides = args.config.split(",")
-    config = checkout_configs.get_config(variant)
-    for item in overrides:
-        field, text = item.split("=", 1)
-        *parents, leaf = field.split(".")
-        node = config
-        for name in parents:
-            node = node[name]
-        node[leaf] = _value(text)
+    config = checkout_configs.config_with_overrides(args.config)
     if args.decoder_type:
         config.model.decoder_type = args.decoder_type
     if args.mask_ratio is not None:

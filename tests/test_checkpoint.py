@@ -152,6 +152,25 @@ def test_keep_best_keeps_the_highest_jf_besides_the_latest(tmp_path):
     assert plain.best_step() is None  # no ranking asked for
 
 
+def test_the_expected_orbax_warning_is_dropped_and_others_kept():
+    """With keep_best, orbax warns at every save without metrics (most steps);
+    the console filter drops exactly that warning."""
+    import logging
+
+    from siammae_jax.train import logs
+
+    def record(path, level, message):
+        return logging.LogRecord("absl", level, path, 1, message, None, None)
+
+    keep = logs._QuietLibraries().filter
+    orbax = "/site-packages/orbax/checkpoint/checkpoint_manager.py"
+    expected = "Requested `tracked_metric`; did not provide metrics."
+    assert not keep(record(orbax, logging.WARNING, expected))
+    assert keep(record(orbax, logging.WARNING, "Something else went wrong"))
+    assert not keep(record(orbax, logging.INFO, "Finished saving checkpoint"))
+    assert keep(record("/siammae_jax/train/loop.py", logging.INFO, expected))
+
+
 def test_async_saves_commit_in_the_background(tmp_path, monkeypatch):
     """By default the step folder is committed (renamed into place) by a
     background thread; ``async_save=False`` commits it in the caller's thread

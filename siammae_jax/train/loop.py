@@ -394,6 +394,7 @@ def train_loop(
             if done % c.train.log_every == 0 or done == total:
                 scalars = {**m, "data_skipped": skipped, "bad_steps": bad_total}
                 scalars.update(window.rates(run, done))
+            measuring = time.perf_counter()
             if run.measures and (done % c.train.measure_every == 0 or done == total):
                 scalars.update(run.measures(state.params, done))
             ranked = None
@@ -406,6 +407,7 @@ def train_loop(
                 scalars.update(result.scalars)
                 if result.jf is not None:
                     ranked = {checkpoint.BEST_METRIC: result.jf}
+            window.time += time.perf_counter() - measuring  # not training time
             if scalars:
                 logger.write_scalars(done, scalars)
             bar.update(done, scalars)

@@ -341,6 +341,7 @@ class TrainingBar:
             unit="step",
             disable=not enabled,
             dynamic_ncols=True,
+            mininterval=0.5,
             file=file,
         )
         self._shown: dict[str, str] = {}
