@@ -24,4 +24,7 @@ class _QuietLibraries(logging.Filter):
 
 def quiet_library_logs() -> None:
     """Keeps orbax's and grain's INFO lines out of the console."""
-    absl_logging.get_absl_handler().addFilter(_QuietLibraries())
+    quiet = _QuietLibraries()
+    absl_logging.get_absl_handler().addFilter(quiet)
+    # Outside absl.app.run records reach Python's handlers instead.
+    logging.getLogger("absl").addFilter(quiet)
