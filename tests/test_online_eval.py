@@ -31,9 +31,8 @@ def heldout(tmp_path_factory):
 def _config(root, **eval_fields):
     c = siammae_config.get_config("tiny")
     c.model.update(TEST_MODEL)
-    c.eval.update(
-        every=1, data=str(root), max_videos=VIDEOS, batch_size=3, **eval_fields
-    )
+    c.eval.update(every=1, data=str(root), max_videos=VIDEOS, batch_size=3)
+    c.eval.update(eval_fields)
     c.eval.davis.short_side = 32
     return c
 
@@ -133,3 +132,21 @@ def test_a_missing_root_is_reported_not_raised(online, tmp_path):
     assert result.jf is None and result.images == {}
     assert result.scalars["eval/davis/failures"] == 1
     assert "eval/davis/J&F" not in result.scalars
+
+
+def test_synthetic_writes_the_held_out_set_once_into_the_workdir(online, tmp_path):
+    """eval.data=synthetic: the frozen held-out set (seed 1) in the workdir,
+    written once and reused by a resumed run."""
+    import json
+
+    _, params, _ = online
+    config = _config("synthetic", max_videos=2, synthetic_frames=4)
+    ev = _online(config, tmp_path)
+    marker = tmp_path / "eval_synthetic" / synthetic.MARKER
+    written = json.loads(marker.read_text())
+    assert (written["seed"], written["style"], written["frames"]) == (1, "default", 4)
+    assert written["names"] == ["synth_0000", "synth_0001"]
+    assert ev(params, 1).scalars["eval/davis/videos"] == 2
+    before = marker.stat().st_mtime_ns
+    _online(config, tmp_path)  # a resumed run finds it
+    assert marker.stat().st_mtime_ns == before

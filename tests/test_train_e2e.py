@@ -240,6 +240,9 @@ def test_tensorboard_has_scalars_and_an_image(straight):
                 images += value.tag == "reconstruction"
     assert {"loss", "lr", "grad_norm", "pairs_per_sec", "data_skipped"} <= tags
     assert images >= 1
+    # Online J&F under the metrics.jsonl names, and propagation overlays.
+    assert {JF, JF + "_random_init", "eval/davis/J", "eval/davis/F"} <= tags
+    assert {"eval/davis/synth_0000", "eval/davis/synth_0000_random_init"} <= tags
 
 
 @pytest.mark.parametrize(
