@@ -1,8 +1,8 @@
-"""``make demo``: pre-train the tiny config on CPU and show what it learned.
+"""``make demo``: pre-train the cpu_learn config on CPU and show what it learned.
 
 1. writes the embedded synthetic training videos and held-out videos (another
    seed) with DAVIS-layout ground truth and known motion;
-2. pre-trains the ``tiny`` config (``siammae_jax.train.loop.run``) under one
+2. pre-trains the ``cpu_learn`` config (``siammae_jax.train.loop.run``) under one
    progress line, which logs loss, learning measures, online J&F on the
    held-out videos and reconstructions to TensorBoard and metrics.jsonl;
 3. measures on the held-out videos: past-frame use (with another video's and
@@ -13,7 +13,7 @@
 4. writes pictures (reconstructions, where the decoder looks in f1,
    propagation overlays, [CLS] attention) and prints a one-screen summary.
 
-``--quick`` is the ~3-minute version (``make demo QUICK=1``).
+``--quick`` is the ~3-minute version (``make demo QUICK=1``, 500 steps).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from siammae_jax.weights import params as weight_params
 _WORKDIR = flags.DEFINE_string("workdir", "demo_out", "Where everything is written.")
 _QUICK = flags.DEFINE_bool("quick", False, "The ~3-minute version.")
 _STEPS = flags.DEFINE_integer(
-    "steps", None, "Training steps (default 1000; 500 quick)."
+    "steps", None, "Training steps (default: cpu_learn's 3000; 500 quick)."
 )
 _HELDOUT = flags.DEFINE_integer(
     "heldout_videos", None, "Held-out videos (40; 16 quick)."
@@ -55,9 +55,9 @@ def _say(message: str) -> None:
 def train(
     workdir: epath.Path, steps: int, davis_root: epath.Path, videos: int
 ) -> tuple[ml_collections.ConfigDict, Any]:
-    """Pre-trains the tiny config under one progress line, with online J&F on
-    the held-out videos at the start (random init), half-way and at the end."""
-    config = configs.get_config("tiny")
+    """Pre-trains the cpu_learn config under one progress line, with online J&F
+    on the held-out videos at the start (random init), half-way and at the end."""
+    config = configs.get_config("cpu_learn")
     config.train.steps = steps
     config.train.progress_bar = True
     config.data.format = "synthetic"  # written there on the first run
@@ -65,7 +65,7 @@ def train(
     config.eval.every = max(1, steps // 2)
     config.eval.data = str(davis_root)
     config.eval.max_videos = videos
-    _say(f"pre-training the tiny config for {steps} steps in {workdir} ...")
+    _say(f"pre-training the cpu_learn config for {steps} steps in {workdir} ...")
     state = loop.run(config, str(workdir))
     return config, state
 
@@ -246,10 +246,11 @@ def main(argv: list[str]) -> None:
     logs.quiet_library_logs()
     workdir = epath.Path(_WORKDIR.value)
     workdir.mkdir(parents=True, exist_ok=True)
-    steps = _STEPS.value or (500 if _QUICK.value else 1000)
+    full = configs.get_config("cpu_learn").train.steps
+    steps = _STEPS.value or (500 if _QUICK.value else full)
     videos = _HELDOUT.value or (16 if _QUICK.value else 40)
     start = time.time()
-    size = configs.get_config("tiny").model.image_size
+    size = configs.get_config("cpu_learn").model.image_size
     davis_root = heldout(workdir, videos, size) / "DAVIS"
     config, state = train(workdir, steps, davis_root, videos)
     _say("measuring past-frame use and decoder correspondence ...")

@@ -230,6 +230,31 @@ def test_held_out_and_training_seeds_may_match_for_other_data():
     config_lib.validate(c, num_devices=8, num_hosts=1)
 
 
+def _flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def test_cpu_learn_is_tiny_trained_longer_and_scored_on_held_out_set_a():
+    tiny = _flat(siammae_config.get_config("tiny").to_dict())
+    learn = siammae_config.get_config("cpu_learn")
+    changed = {k for k, v in _flat(learn.to_dict()).items() if tiny[k] != v}
+    assert changed == {"train.steps", "eval.every", "eval.max_videos",
+                       "eval.max_seconds"}  # fmt: skip
+    config_lib.validate(learn, num_devices=8, num_hosts=1)
+    e = learn.eval
+    # Frozen held-out set A (BENCHMARKS.md): synthetic seed 1, default style,
+    # 40 videos of 24 frames at the model's 64 px.
+    assert (e.data, e.synthetic_seed, e.synthetic_style) == ("synthetic", 1, "default")
+    assert (e.max_videos, e.synthetic_frames, learn.model.image_size) == (40, 24, 64)
+    assert e.davis.short_side == 64
+
+
 def test_unknown_mesh_axis_and_rule():
     with pytest.raises(ValueError, match="unknown axes"):
         mesh_lib.mesh_shape({"model": 2}, 8)
