@@ -52,12 +52,23 @@ class FeatureExtractor:
             raise ValueError(
                 f"input size {h}x{w} is not a multiple of the patch size {self.patch}."
             )
-        out = []
-        for start in range(0, len(frames), self.batch_size):
-            chunk = frames[start : start + self.batch_size]
-            pad = self.batch_size - len(chunk)
-            if pad:
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, 0)])
-            feats = np.asarray(self._features(self._state, chunk))
-            out.append(feats[: self.batch_size - pad])
-        return np.concatenate(out)
+        return in_batches(
+            lambda chunk: np.asarray(self._features(self._state, chunk)),
+            frames,
+            self.batch_size,
+        )
+
+
+def in_batches(
+    fn: Callable[[np.ndarray], np.ndarray], frames: np.ndarray, batch_size: int
+) -> np.ndarray:
+    """``fn`` over batches of exactly ``batch_size`` frames (the last one padded
+    with copies of its last frame, so one shape compiles), outputs joined."""
+    out = []
+    for start in range(0, len(frames), batch_size):
+        chunk = frames[start : start + batch_size]
+        pad = batch_size - len(chunk)
+        if pad:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, 0)])
+        out.append(fn(chunk)[: batch_size - pad])
+    return np.concatenate(out)

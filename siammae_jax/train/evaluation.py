@@ -44,7 +44,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
 from siammae_jax.data import pairs, synthetic
-from siammae_jax.eval import davis, davis_score, pictures, tasks
+from siammae_jax.eval import davis, davis_score, encoder, pictures, tasks
 from siammae_jax.models.definition import ModelDef
 from siammae_jax.train import mesh as mesh_lib
 from siammae_jax.weights import params as weight_params
@@ -99,14 +99,12 @@ class OnlineDavis:
         self.root = self._data_root(config, workdir, local)
         self.names: list[str] | None = None  # fixed by the first evaluation
         self.failures = 0
-        encoder = weight_params.build_encoder(
-            config.model.encoder, config.model.image_size
-        )
-        self.patch = encoder.patch
+        vit = weight_params.build_encoder(config.model.encoder, config.model.image_size)
+        self.patch = vit.patch
         data_parallel = math.prod(mesh.shape[a] for a in mesh_lib.BATCH_AXES)
         self.batch = math.ceil(self.cfg.batch_size / data_parallel) * data_parallel
         self._frames_sharding = mesh_lib.batch_sharding(mesh)
-        self._features = _features_fn(encoder, NamedSharding(mesh, PartitionSpec()))
+        self._features = _features_fn(vit, NamedSharding(mesh, PartitionSpec()))
 
     # ---------------------------------------------------------------- data
 
@@ -148,19 +146,14 @@ class OnlineDavis:
     def _extract(self, params: Any) -> tasks.Extractor:
         """uint8 frames [T, H, W, 3] -> features [T, h, w, D] with ``params``."""
 
+        def encode(chunk: np.ndarray) -> np.ndarray:
+            x = jax.make_array_from_callback(
+                chunk.shape, self._frames_sharding, chunk.__getitem__
+            )
+            return np.asarray(self._features(params, x).addressable_data(0))
+
         def extract(frames: np.ndarray) -> np.ndarray:
-            out = []
-            for start in range(0, len(frames), self.batch):
-                chunk = frames[start : start + self.batch]
-                pad = self.batch - len(chunk)
-                if pad:
-                    chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, 0)])
-                x = jax.make_array_from_callback(
-                    chunk.shape, self._frames_sharding, chunk.__getitem__
-                )
-                feats = self._features(params, x).addressable_data(0)
-                out.append(np.asarray(feats)[: self.batch - pad])
-            return np.concatenate(out)
+            return encoder.in_batches(encode, frames, self.batch)
 
         return extract
 
@@ -301,10 +294,10 @@ class OnlineDavis:
         return Result(scalars, {}, None)
 
 
-def _features_fn(encoder, replicated: NamedSharding):
+def _features_fn(vit, replicated: NamedSharding):
     """Jitted ``(encoder params, uint8 frames) -> features``, gathered on every
     device; float32 like the evaluation CLI's encoder."""
-    graphdef, _, rest = nnx.split(encoder, nnx.Param, ...)
+    graphdef, _, rest = nnx.split(vit, nnx.Param, ...)
     rest = nnx.to_pure_dict(rest)
 
     @functools.partial(jax.jit, out_shardings=replicated)
