@@ -161,8 +161,8 @@ def attention_maps(
 
 # Where the online evaluation leaves each encoder's overlay pictures.
 OVERLAYS = {
-    "pre-trained": "eval/davis/overlays",
-    "random-init": "eval/davis/random_init/overlays",
+    "pre-trained": f"{evaluation.OUT_DIR}/overlays",
+    "random-init": f"{evaluation.OUT_DIR}/{evaluation.TWIN_DIR}/overlays",
 }
 
 

@@ -51,6 +51,8 @@ from siammae_jax.weights import params as weight_params
 
 PREFIX = "eval/davis/"
 RANDOM_INIT = "_random_init"  # suffix of the random-init twin's scores
+OUT_DIR = "eval/davis"  # predictions, CSVs and overlays/, in the workdir
+TWIN_DIR = "random_init"  # the random-init twin's, under OUT_DIR
 # Scores logged, from davis_score's global row.
 SCORES = {"J&F": "J&F-Mean", "J": "J-Mean", "F": "F-Mean"}
 
@@ -92,7 +94,7 @@ class OnlineDavis:
         self.progress = progress and self.is_main
         local = "://" not in str(workdir)
         self.out = (
-            workdir / "eval" / "davis"
+            workdir / OUT_DIR
             if local and self.is_main
             else epath.Path(tempfile.mkdtemp(prefix="siammae_eval_"))
         )
@@ -115,19 +117,19 @@ class OnlineDavis:
         e = self.cfg
         if e.data != "synthetic":
             return epath.Path(e.data)
-        shared = local  # a local workdir is one filesystem for every process
+        # A local workdir is one filesystem for every process: process 0 writes.
         base = (
             workdir / "eval_synthetic"
-            if shared
+            if local
             else epath.Path(tempfile.mkdtemp(prefix="siammae_heldout_"))
         )
-        if (self.is_main or not shared) and not (base / synthetic.MARKER).exists():
+        if (self.is_main or not local) and not (base / synthetic.MARKER).exists():
             size = config.model.image_size
             logging.info(
                 "writing %d held-out synthetic videos (seed %d, style %s) to %s",
                 e.max_videos,
                 e.synthetic_seed,
-                e.get("synthetic_style", "default"),
+                e.synthetic_style,
                 base,
             )
             synthetic.write_dataset(
@@ -137,9 +139,9 @@ class OnlineDavis:
                 size=(size, size),
                 seed=e.synthetic_seed,
                 progress=False,
-                style=e.get("synthetic_style", "default"),
+                style=e.synthetic_style,
             )
-        if shared:
+        if local:
             mesh_lib.barrier("eval_synthetic")
         return base / "DAVIS"
 
@@ -179,7 +181,7 @@ class OnlineDavis:
         Never raises for bad data: failures are logged and counted.
         """
         suffix = RANDOM_INIT if random_init else ""
-        out = self.out / "random_init" if random_init else self.out
+        out = self.out / TWIN_DIR if random_init else self.out
         start = time.perf_counter()
         try:
             names = self._sequences()
@@ -215,7 +217,7 @@ class OnlineDavis:
             ):
                 break
         bar.close()
-        if self.names is None:
+        if self.names is None and done:  # (nothing done: the next one tries again)
             self._fix(names, done)
         scores = self._score(out, done)
         seconds = time.perf_counter() - start
