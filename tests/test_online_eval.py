@@ -150,3 +150,32 @@ def test_synthetic_writes_the_held_out_set_once_into_the_workdir(online, tmp_pat
     before = marker.stat().st_mtime_ns
     _online(config, tmp_path)  # a resumed run finds it
     assert marker.stat().st_mtime_ns == before
+
+
+def test_a_changed_held_out_setting_writes_the_synthetic_set_again(online, tmp_path):
+    import json
+
+    marker = tmp_path / "eval_synthetic" / synthetic.MARKER
+    _online(_config("synthetic", max_videos=2, synthetic_frames=4), tmp_path)
+    _online(_config("synthetic", max_videos=3, synthetic_frames=4), tmp_path)
+    assert json.loads(marker.read_text())["names"] == [
+        f"synth_000{i}" for i in range(3)
+    ]
+    _online(_config("synthetic", max_videos=3, synthetic_frames=5), tmp_path)
+    assert json.loads(marker.read_text())["frames"] == 5
+    _online(_config("synthetic", max_videos=3, synthetic_style="unseen"), tmp_path)
+    assert json.loads(marker.read_text())["style"] == "unseen"
+
+
+def test_a_resumed_run_scores_the_sequences_its_first_evaluation_fixed(
+    online, heldout, tmp_path
+):
+    _, params, _ = online
+    first = _online(_config(heldout, max_seconds=1e-9), tmp_path)
+    first(params, 0, random_init=True)
+    assert first.names == ["synth_0000"]
+    resumed = _online(_config(heldout, max_seconds=1e-9), tmp_path)
+    assert resumed.names == ["synth_0000"]  # before any evaluation of its own
+    assert resumed(params, 10).scalars["eval/davis/videos"] == 1
+    # Other held-out settings: the saved list no longer applies.
+    assert _online(_config(heldout, max_videos=2), tmp_path).names is None

@@ -19,7 +19,13 @@ its ``random_init/`` sub-folder.
 ``eval.max_videos`` takes the first sequences of the split; ``eval.max_seconds``
 bounds the first evaluation of a run (normally the random-init encoder's, at
 step 0), which fixes the sequences that every later evaluation of the run
-scores, so the J&F curve compares like with like.
+scores, so the J&F curve compares like with like. The fixed list is kept in
+``WORKDIR/eval/davis_sequences.json``, so a resumed run scores the same
+sequences (unless the held-out settings changed, which is logged).
+
+``eval.data=synthetic`` writes the held-out set into ``WORKDIR/eval_synthetic``
+once, and again only when its settings (videos, frames, size, seed, style) no
+longer match what is there.
 
 A failure (no such root, an unreadable sequence, a scoring error) is logged
 and counted in ``eval/davis/failures``; it never stops training.
@@ -29,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 import tempfile
 import time
@@ -52,6 +59,7 @@ from siammae_jax.weights import params as weight_params
 PREFIX = "eval/davis/"
 RANDOM_INIT = "_random_init"  # suffix of the random-init twin's scores
 OUT_DIR = "eval/davis"  # predictions, CSVs and overlays/, in the workdir
+SEQUENCES_FILE = "eval/davis_sequences.json"  # the fixed list, in the workdir
 TWIN_DIR = "random_init"  # the random-init twin's, under OUT_DIR
 # Scores logged, from davis_score's global row.
 SCORES = {"J&F": "J&F-Mean", "J": "J-Mean", "F": "F-Mean"}
@@ -99,7 +107,17 @@ class OnlineDavis:
             else epath.Path(tempfile.mkdtemp(prefix="siammae_eval_"))
         )
         self.root = self._data_root(config, workdir, local)
-        self.names: list[str] | None = None  # fixed by the first evaluation
+        self._names_file = workdir / SEQUENCES_FILE
+        self._settings = {
+            "data": self.cfg.data,
+            "split": self.cfg.davis.split,
+            "max_videos": self.cfg.max_videos,
+            "max_seconds": self.cfg.max_seconds,
+        }
+        if self.cfg.data == "synthetic":
+            self._settings["synthetic"] = self._synthetic_settings(config)
+        # Fixed by the first evaluation of the run (or of the run it resumes).
+        self.names: list[str] | None = self._fixed_names()
         self.failures = 0
         vit = weight_params.build_encoder(config.model.encoder, config.model.image_size)
         self.patch = vit.patch
@@ -123,8 +141,16 @@ class OnlineDavis:
             if local
             else epath.Path(tempfile.mkdtemp(prefix="siammae_heldout_"))
         )
-        if (self.is_main or not local) and not (base / synthetic.MARKER).exists():
-            size = config.model.image_size
+        want = self._synthetic_settings(config)
+        if (self.is_main or not local) and _held_out_settings(base) != want:
+            if (base / synthetic.MARKER).exists():
+                logging.warning(
+                    "online eval: the held-out set in %s was written with other "
+                    "settings (%s); writing it again with %s",
+                    base,
+                    _held_out_settings(base),
+                    want,
+                )
             logging.info(
                 "writing %d held-out synthetic videos (seed %d, style %s) to %s",
                 e.max_videos,
@@ -134,16 +160,51 @@ class OnlineDavis:
             )
             synthetic.write_dataset(
                 base,
-                videos=e.max_videos,
-                frames=e.synthetic_frames,
-                size=(size, size),
-                seed=e.synthetic_seed,
+                videos=want["videos"],
+                frames=want["frames"],
+                size=tuple(want["size"]),
+                seed=want["seed"],
                 progress=False,
-                style=e.synthetic_style,
+                style=want["style"],
             )
         if local:
             mesh_lib.barrier("eval_synthetic")
         return base / "DAVIS"
+
+    def _synthetic_settings(self, config: ml_collections.ConfigDict) -> dict:
+        e, size = self.cfg, config.model.image_size
+        return {
+            "videos": e.max_videos,
+            "frames": e.synthetic_frames,
+            "size": [size, size],
+            "seed": e.synthetic_seed,
+            "style": e.synthetic_style,
+        }
+
+    def _fixed_names(self) -> list[str] | None:
+        """The list an earlier part of this run fixed, if the settings agree."""
+        try:
+            if not self._names_file.exists():
+                return None
+            saved = json.loads(self._names_file.read_text())
+        except (OSError, ValueError) as e:
+            logging.warning("online eval: ignoring %s: %s", self._names_file, e)
+            return None
+        if saved.get("settings") != self._settings:
+            logging.warning(
+                "online eval: the held-out settings changed since %s was written "
+                "(%s, now %s); the next evaluation fixes a new list",
+                self._names_file,
+                saved.get("settings"),
+                self._settings,
+            )
+            return None
+        logging.info(
+            "online eval: scoring the %d sequences this run fixed (%s)",
+            len(saved["names"]),
+            self._names_file,
+        )
+        return list(saved["names"])
 
     def _extract(self, params: Any) -> tasks.Extractor:
         """uint8 frames [T, H, W, 3] -> features [T, h, w, D] with ``params``."""
@@ -254,6 +315,10 @@ class OnlineDavis:
     def _fix(self, names: list[str], done: list[str]) -> None:
         """The first evaluation fixes the sequences of every later one."""
         self.names = done
+        if self.is_main:
+            self._names_file.parent.mkdir(parents=True, exist_ok=True)
+            text = json.dumps({"settings": self._settings, "names": done}, indent=1)
+            self._names_file.write_text(text + "\n")
         if len(done) < len(names):
             logging.warning(
                 "online eval: %d of %d sequences fit eval.max_seconds=%s; every "
@@ -294,6 +359,21 @@ class OnlineDavis:
             f"{PREFIX}seconds": time.perf_counter() - start,
         }
         return Result(scalars, {}, None)
+
+
+def _held_out_settings(base: epath.Path) -> dict | None:
+    """The settings a synthetic held-out set in ``base`` was written with."""
+    try:
+        m = json.loads((base / synthetic.MARKER).read_text())
+        return {
+            "videos": len(m["names"]),
+            "frames": m["frames"],
+            "size": list(m["size"]),
+            "seed": m["seed"],
+            "style": m.get("style", "default"),
+        }
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def _features_fn(vit, replicated: NamedSharding):
