@@ -44,6 +44,12 @@ def get_config(arg: str = "vits16") -> ml_collections.ConfigDict:
     c.model.decoder_heads = 16  # assumed (MAE)
     c.model.norm_pix_loss = True  # assumed (MAE)
     c.model.dtype = "bfloat16"  # compute dtype; parameters stay float32
+    # Attention kernel (jax.nn.dot_product_attention): xla, cudnn (flash
+    # attention; bfloat16, GPU) or auto (cudnn where it applies, else xla).
+    c.model.attention = "xla"
+    # Pad token counts to a multiple of this for the kernel (0: off); padded
+    # keys are masked by their lengths, so the model's function is unchanged.
+    c.model.attention_pad = 0
 
     c.data = ml_collections.ConfigDict()
     c.data.path = ""  # videos, frame folders or array_record shards
@@ -81,6 +87,9 @@ def get_config(arg: str = "vits16") -> ml_collections.ConfigDict:
     c.optim.end_lr = 0.0  # assumed: cosine to 0
     c.optim.grad_clip = 0.0  # off (MAE uses none)
     c.optim.accum_steps = 1  # micro-batches per step (gradient accumulation)
+    # Adam's first moment: "" (the parameters' float32) or "bfloat16" (half its
+    # memory and optimizer-update traffic; BENCHMARKS.md, issue 19).
+    c.optim.mu_dtype = ""
 
     c.train = ml_collections.ConfigDict()
     c.train.steps = -1  # -1: from optim.epochs; else overrides the length

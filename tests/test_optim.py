@@ -153,3 +153,31 @@ def test_schedule_warmup_and_cosine(end_lr):
         assert float(lr(t)) == pytest.approx(want, abs=1e-5), t
     assert float(lr(150)) == pytest.approx(end_lr, abs=1e-6)
     assert optim.schedule(peak, total, warmup)(total) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_bf16_first_moment_is_stored_in_bf16_and_steps_like_adamw():
+    """optim.mu_dtype=bfloat16: Adam's first moment is kept in bfloat16 (the
+    second stays float32) and the steps stay within bfloat16 rounding of the
+    float32 AdamW (parameter changes within 1%)."""
+    params = {
+        "kernel": np.array([[1.0, -2.0], [0.5, 3.0]]),
+        "bias": np.array([1.0, -1.0]),
+    }
+    grads = [
+        {"kernel": np.array([[6.0, -4.0], [2.0, 5.0]]), "bias": np.array([3.0, 1.0])},
+        {"kernel": np.array([[0.1, 0.3], [-0.2, 0.1]]), "bias": np.array([-0.2, 0.1])},
+    ]
+    tx = optim.make_optimizer(optax.constant_schedule(0.01), mu_dtype="bfloat16")
+    p = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
+    state = tx.init(p)
+    adam = state[0]
+    assert {x.dtype for x in jax.tree.leaves(adam.mu)} == {jnp.dtype(jnp.bfloat16)}
+    assert {x.dtype for x in jax.tree.leaves(adam.nu)} == {jnp.dtype(jnp.float32)}
+    for g in grads:
+        updates, state = tx.update(jax.tree.map(jnp.asarray, g), state, p)
+        p = optax.apply_updates(p, updates)
+    want = _numpy_adamw(params, grads, 0.01, 0.9, 0.95, 0.05, 0.0)[-1]
+    for k in params:
+        np.testing.assert_allclose(p[k] - params[k], want[k] - params[k], rtol=1e-2)
+    with pytest.raises(ValueError, match="optim.mu_dtype='int8' must be one of"):
+        optim.make_optimizer(optax.constant_schedule(0.01), mu_dtype="int8")

@@ -33,6 +33,10 @@ HEADS = ("batch", "length", "heads", "kv")
 
 _xavier = nnx.initializers.xavier_uniform()
 
+# model.attention: the kernel behind jax.nn.dot_product_attention.
+ATTENTION = ("xla", "cudnn", "auto")
+_CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
+
 
 def named(init: Callable, names: tuple[str | None, ...]) -> Callable:
     """Wraps an initializer so its variable records logical axis ``names``.
@@ -85,12 +89,76 @@ def layer_norm(
     )
 
 
+def cudnn_fits(dtype: Dtype, head_dim: int) -> str | None:
+    """Why cuDNN's flash attention cannot run these heads (None: it can)."""
+    if jnp.dtype(dtype) not in [jnp.dtype(d) for d in _CUDNN_DTYPES]:
+        return f"it needs bfloat16 or float16 activations, not {jnp.dtype(dtype)}"
+    if head_dim % 8 or head_dim > 256:
+        return (
+            f"it needs a head width that is a multiple of 8 and <= 256, not {head_dim}"
+        )
+    return None
+
+
+def kernel(attention: str, dtype: Dtype, head_dim: int) -> str:
+    """The ``implementation`` of ``jax.nn.dot_product_attention`` for a
+    ``model.attention`` setting: ``auto`` is cuDNN on a GPU where it fits."""
+    if attention == "auto":
+        fits = jax.default_backend() == "gpu" and cudnn_fits(dtype, head_dim) is None
+        return "cudnn" if fits else "xla"
+    return attention
+
+
+def reference_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> tuple:
+    """Explicit softmax(q k^T / sqrt(d)) v over [B, T, H, D] / [B, S, H, D],
+    softmax in float32. Returns ``(out [B, T, H, D], weights [B, H, T, S])``;
+    used where the weights are wanted, and as the kernels' reference."""
+    scale = jnp.sqrt(q.shape[-1]).astype(q.dtype)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / scale
+    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v)
+    return out, weights
+
+
+def attend(
+    q: jax.Array, k: jax.Array, v: jax.Array, implementation: str, pad_to: int = 0
+) -> jax.Array:
+    """softmax(q k^T / sqrt(d)) v by ``jax.nn.dot_product_attention`` (logits
+    and softmax in float32 on every implementation).
+
+    ``pad_to > 1`` pads the query and key lengths up to a multiple of it and
+    passes the true lengths (``query_seq_lengths``/``key_value_seq_lengths``):
+    padded keys get no weight, padded query rows are dropped, and no dense
+    mask or bias is built, so cuDNN runs odd token counts ([CLS] + 196) in its
+    padding mode while the result equals the unpadded attention.
+    """
+    t, s = q.shape[1], k.shape[1]
+    lengths = {}
+    if pad_to > 1:
+        tp, sp = -(-t // pad_to) * pad_to, -(-s // pad_to) * pad_to
+        if (tp, sp) != (t, s):
+            q = jnp.pad(q, ((0, 0), (0, tp - t), (0, 0), (0, 0)))
+            k, v = (jnp.pad(a, ((0, 0), (0, sp - s), (0, 0), (0, 0))) for a in (k, v))
+            b = q.shape[0]
+            lengths = dict(
+                query_seq_lengths=jnp.full((b,), t, jnp.int32),
+                key_value_seq_lengths=jnp.full((b,), s, jnp.int32),
+            )
+    out = jax.nn.dot_product_attention(
+        q, k, v, implementation=implementation, **lengths
+    )
+    return out[:, :t]
+
+
 class Attention(nnx.Module):
     """Multi-head attention; queries from ``x``, keys and values from ``context``.
 
     With ``context=None`` it is self-attention. The softmax is computed in
-    float32 whatever the compute dtype, and the attention weights can be
-    returned (for [CLS] attention maps and decoder correspondence).
+    float32 whatever the compute dtype. The attention weights can be returned
+    (for [CLS] attention maps and decoder correspondence): that call takes the
+    explicit path (:func:`reference_attention`); otherwise ``attention``
+    (``model.attention``: xla, cudnn or auto) picks the kernel of
+    ``jax.nn.dot_product_attention`` and ``pad_to`` its token padding.
     """
 
     def __init__(
@@ -100,6 +168,8 @@ class Attention(nnx.Module):
         *,
         dtype: Dtype = jnp.float32,
         param_dtype: Dtype = jnp.float32,
+        attention: str = "xla",
+        pad_to: int = 0,
         rngs: nnx.Rngs,
     ):
         if dim % num_heads:
@@ -107,6 +177,9 @@ class Attention(nnx.Module):
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.dtype = dtype
+        check_attention(attention, pad_to, dtype, self.head_dim)
+        self.attention = attention
+        self.pad_to = pad_to
         # LinearGeneral initialises the flattened [in, out] kernel: Xavier over it,
         # as MAE/timm initialise their fused qkv and proj matrices.
         qkv_init = out_init = _xavier
@@ -143,13 +216,27 @@ class Attention(nnx.Module):
         q = constrain(self.query(x), HEADS)
         k = constrain(self.key(context), HEADS)
         v = constrain(self.value(context), HEADS)
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(self.head_dim).astype(
-            q.dtype
-        )
-        weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-        out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v)
+        if return_weights:
+            out, weights = reference_attention(q, k, v)
+        else:
+            implementation = kernel(self.attention, q.dtype, self.head_dim)
+            out, weights = attend(q, k, v, implementation, self.pad_to), None
         out = constrain(self.out(out), TOKENS)
-        return out, (weights if return_weights else None)
+        return out, weights
+
+
+def check_attention(attention: str, pad_to: int, dtype: Dtype, head_dim: int) -> None:
+    """Raises ValueError naming the field for a bad attention setting."""
+    if attention not in ATTENTION:
+        raise ValueError(f"model.attention={attention!r} must be one of {ATTENTION}.")
+    if not isinstance(pad_to, int) or pad_to < 0:
+        raise ValueError(f"model.attention_pad={pad_to!r} must be an int >= 0.")
+    why = cudnn_fits(dtype, head_dim) if attention == "cudnn" else None
+    if why:
+        raise ValueError(
+            f"model.attention='cudnn' cannot run here: {why} (use model.dtype="
+            "'bfloat16', or model.attention='auto' to fall back to xla)."
+        )
 
 
 class Mlp(nnx.Module):
@@ -184,11 +271,13 @@ class Block(nnx.Module):
         *,
         dtype: Dtype = jnp.float32,
         param_dtype: Dtype = jnp.float32,
+        attention: str = "xla",
+        pad_to: int = 0,
         rngs: nnx.Rngs,
     ):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.norm1 = layer_norm(dim, **kw)
-        self.attn = Attention(dim, num_heads, **kw)
+        self.attn = Attention(dim, num_heads, attention=attention, pad_to=pad_to, **kw)
         self.norm2 = layer_norm(dim, **kw)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), **kw)
 

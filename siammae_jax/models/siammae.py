@@ -90,7 +90,7 @@ class CrossSelfBlock(nnx.Module):
         else:
             self.attn = None
         self.norm_mlp = layers.layer_norm(dim, **_norm_kw(kw))
-        self.mlp = layers.Mlp(dim, int(dim * mlp_ratio), **kw)
+        self.mlp = layers.Mlp(dim, int(dim * mlp_ratio), **_norm_kw(kw))
 
     def __call__(self, x, context, *, return_weights=False):
         a, weights = self.cross(
@@ -119,6 +119,10 @@ class SiamMAE(nnx.Module):
       decoder_mlp_ratio: hidden width of decoder MLPs over ``decoder_dim``.
       norm_pix_loss: regress per-patch normalised pixels (MAE's norm-pix).
       dtype: compute dtype; param_dtype: storage dtype of the parameters.
+      attention: ``model.attention``, the kernel of every attention layer
+        (``xla``, ``cudnn`` or ``auto``); attention_pad: ``model.attention_pad``,
+        token counts padded to a multiple of it for the kernel (0: none).
+        Neither changes the model's function (``layers.attend``).
       rngs: ``nnx.Rngs`` for initialisation.
 
     Raises:
@@ -139,6 +143,8 @@ class SiamMAE(nnx.Module):
         norm_pix_loss: bool = True,
         dtype: Dtype = jnp.float32,
         param_dtype: Dtype = jnp.float32,
+        attention: str = "xla",
+        attention_pad: int = 0,
         rngs: nnx.Rngs,
     ):
         _check_decoder(
@@ -149,6 +155,8 @@ class SiamMAE(nnx.Module):
             image_size=image_size,
             dtype=dtype,
             param_dtype=param_dtype,
+            attention=attention,
+            attention_pad=attention_pad,
             rngs=rngs,
         )
         grid = self.encoder.grid
@@ -181,7 +189,7 @@ class SiamMAE(nnx.Module):
         )
         self.decoder_blocks = _decoder_blocks(
             decoder_type, decoder_dim, decoder_heads, decoder_mlp_ratio,
-            decoder_depth, **kw,
+            decoder_depth, attention=attention, pad_to=attention_pad, **kw,
         )  # fmt: skip
         self.decoder_norm = layers.layer_norm(decoder_dim, **kw)
         self.decoder_pred = layers.dense(

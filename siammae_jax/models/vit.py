@@ -134,6 +134,8 @@ class ViT(nnx.Module):
       image_size: the (square or ``(h, w)``) training resolution; position
         embeddings are built for its grid and resampled for other inputs.
       dtype: compute dtype (e.g. ``jnp.bfloat16``); ``param_dtype``: storage.
+      attention, attention_pad: the attention kernel and its token padding
+        (``layers.Attention``; they do not change the function).
     """
 
     def __init__(
@@ -143,6 +145,8 @@ class ViT(nnx.Module):
         image_size: int | tuple[int, int] = 224,
         dtype: Dtype = jnp.float32,
         param_dtype: Dtype = jnp.float32,
+        attention: str = "xla",
+        attention_pad: int = 0,
         rngs: nnx.Rngs,
     ):
         size, patch = parse_variant(variant)
@@ -184,7 +188,14 @@ class ViT(nnx.Module):
         )
         self.blocks = nnx.List(
             [
-                layers.Block(size.width, size.num_heads, size.mlp_ratio, **kw)
+                layers.Block(
+                    size.width,
+                    size.num_heads,
+                    size.mlp_ratio,
+                    attention=attention,
+                    pad_to=attention_pad,
+                    **kw,
+                )
                 for _ in range(size.depth)
             ]
         )

@@ -61,6 +61,10 @@ def validate(
         (o.weight_decay >= 0, f"optim.weight_decay={o.weight_decay} must be >= 0"),
         (o.accum_steps >= 1, f"optim.accum_steps={o.accum_steps} must be >= 1"),
         (
+            o.mu_dtype in optim.MU_DTYPES,
+            f"optim.mu_dtype={o.mu_dtype!r} must be one of {sorted(optim.MU_DTYPES)}",
+        ),
+        (
             (config.batch_size // data_parallel) % o.accum_steps == 0,
             f"optim.accum_steps={o.accum_steps} must divide the per-device batch",
         ),

@@ -5,7 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
+
+# optim.mu_dtype -> the dtype of Adam's first moment ("": the parameters').
+MU_DTYPES = {"": None, "float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def scaled_lr(base_lr: float, batch_size: int, reference_batch: int = 256) -> float:
@@ -42,9 +46,24 @@ def make_optimizer(
     b2: float = 0.95,
     weight_decay: float = 0.05,
     grad_clip: float = 0.0,
+    mu_dtype: str = "",
 ) -> optax.GradientTransformation:
-    """AdamW (decay only on weight matrices), optional global-norm clipping."""
-    adamw = optax.adamw(lr, b1=b1, b2=b2, weight_decay=weight_decay, mask=decay_mask)
+    """AdamW (decay only on weight matrices), optional global-norm clipping.
+
+    ``mu_dtype``: storage dtype of Adam's first moment (``"bfloat16"`` halves
+    its memory and traffic; ``""``: the parameters' dtype). The second moment
+    stays in the parameters' dtype (its squares underflow in bfloat16).
+    """
+    if mu_dtype not in MU_DTYPES:
+        raise ValueError(f"optim.mu_dtype={mu_dtype!r} must be one of {MU_DTYPES}.")
+    adamw = optax.adamw(
+        lr,
+        b1=b1,
+        b2=b2,
+        weight_decay=weight_decay,
+        mask=decay_mask,
+        mu_dtype=MU_DTYPES[mu_dtype],
+    )
     if grad_clip > 0:
         return optax.chain(optax.clip_by_global_norm(grad_clip), adamw)
     return adamw

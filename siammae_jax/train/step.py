@@ -163,7 +163,12 @@ def build(
         schedule.peak_lr, schedule.total_steps, schedule.warmup_steps, o.end_lr
     )
     tx = optim.make_optimizer(
-        lr, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, grad_clip=o.grad_clip
+        lr,
+        b1=o.b1,
+        b2=o.b2,
+        weight_decay=o.weight_decay,
+        grad_clip=o.grad_clip,
+        mu_dtype=o.mu_dtype,
     )
     size = config.model.image_size
     shapes = {

@@ -1,0 +1,171 @@
+"""Issue 19's throughput levers against today's path, on CPU.
+
+The reference is the explicit attention (``layers.reference_attention``: einsum
+logits, float32 softmax), which the model used before the levers and still uses
+where attention weights are returned. Every lever must leave the model's
+function alone: float32 variants agree with the reference to float32 round-off
+(loss 1e-5 relative); bfloat16 variants within 2% on the loss and with
+gradients of cosine > 0.999 against the float32 reference.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import TINY
+from flax import nnx
+
+from configs import siammae as siammae_config
+from siammae_jax.models import SiamMAE, layers
+from siammae_jax.models.definition import model_kwargs
+from siammae_jax.train import config as config_lib
+
+
+def _qkv(t, s, dtype=jnp.float32, heads=2, dim=8, batch=3):
+    keys = jax.random.split(jax.random.key(0), 3)
+    shapes = ((batch, t, heads, dim), (batch, s, heads, dim), (batch, s, heads, dim))
+    return [
+        jax.random.normal(k, sh).astype(dtype)
+        for k, sh in zip(keys, shapes, strict=True)
+    ]
+
+
+@pytest.mark.parametrize(
+    "t,s,pad_to", [(11, 17, 0), (11, 17, 8), (16, 16, 2), (1, 197, 64)]
+)
+def test_attend_equals_the_explicit_softmax_at_any_padding(t, s, pad_to):
+    """Odd token counts ([CLS] + patches) padded for the kernel and masked by
+    their lengths give exactly the unpadded attention: unmasked zero keys would
+    take weight exp(0) and move every output."""
+    q, k, v = _qkv(t, s)
+    want, _ = layers.reference_attention(q, k, v)
+    got = layers.attend(q, k, v, "xla", pad_to)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+    def loss(fn, q, k, v):
+        return jnp.sum(jnp.sin(fn(q, k, v)))
+
+    g_want = jax.grad(loss, (1, 2, 3))(
+        lambda *a: layers.reference_attention(*a)[0], q, k, v
+    )
+    g_got = jax.grad(loss, (1, 2, 3))(
+        lambda *a: layers.attend(*a, "xla", pad_to), q, k, v
+    )
+    for a, b in zip(g_got, g_want, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_padding_without_the_lengths_would_be_caught():
+    """The check above can fail: zero-padded keys left unmasked change the output."""
+    q, k, v = _qkv(11, 17)
+    want, _ = layers.reference_attention(q, k, v)
+    pad = ((0, 0), (0, 7), (0, 0), (0, 0))
+    unmasked = jax.nn.dot_product_attention(q, jnp.pad(k, pad), jnp.pad(v, pad))
+    assert np.abs(np.asarray(unmasked - want)).max() > 1e-2
+
+
+def test_bf16_attention_keeps_float32_softmax_statistics():
+    q, k, v = _qkv(11, 197, jnp.bfloat16)
+    want, _ = layers.reference_attention(*(a.astype(jnp.float32) for a in (q, k, v)))
+    got = layers.attend(q, k, v, "xla", 8)
+    assert got.dtype == jnp.bfloat16
+    np.testing.assert_allclose(got.astype(jnp.float32), want, atol=2e-2)
+
+
+def test_auto_is_xla_off_gpu_and_cudnn_refuses_what_it_cannot_run():
+    assert jax.default_backend() == "cpu"
+    assert layers.kernel("auto", jnp.bfloat16, 64) == "xla"
+    assert layers.kernel("cudnn", jnp.bfloat16, 64) == "cudnn"
+    assert layers.cudnn_fits(jnp.bfloat16, 64) is None
+    assert "bfloat16" in layers.cudnn_fits(jnp.float32, 64)
+    assert "multiple of 8" in layers.cudnn_fits(jnp.bfloat16, 12)
+    assert "<= 256" in layers.cudnn_fits(jnp.bfloat16, 512)
+    with pytest.raises(ValueError, match="model.attention='cudnn' cannot run here"):
+        SiamMAE(**TINY, attention="cudnn", rngs=nnx.Rngs(0))  # float32
+    with pytest.raises(ValueError, match="model.attention='flash' must be one of"):
+        SiamMAE(**TINY, attention="flash", rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="model.attention_pad=-1"):
+        SiamMAE(**TINY, attention_pad=-1, rngs=nnx.Rngs(0))
+
+
+def test_config_fields_reach_the_model_and_are_checked():
+    c = siammae_config.get_config("vits16")
+    assert (c.model.attention, c.model.attention_pad, c.optim.mu_dtype) == (
+        "xla",
+        0,
+        "",
+    )
+    c.model.update(attention="auto", attention_pad=8)
+    kw = model_kwargs(c.model)
+    assert (kw["attention"], kw["attention_pad"]) == ("auto", 8)
+    c.optim.mu_dtype = "float16"
+    with pytest.raises(ValueError, match="optim.mu_dtype='float16' must be one of"):
+        config_lib.validate(c, num_devices=1, num_hosts=1)
+
+
+# ---------------------------------------------------------------- the model
+
+SIZES = {
+    "test": dict(TINY, mask_ratio=0.5),
+    "tiny": dict(
+        encoder="demo/8", image_size=64, decoder_dim=128, decoder_depth=1,
+        decoder_heads=4, mask_ratio=0.9,
+    ),
+}  # fmt: skip
+
+
+def _loss_and_grads(size, **levers):
+    kw = SIZES[size]
+    model = SiamMAE(**kw, **levers, rngs=nnx.Rngs(0))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    res = kw["image_size"]
+    f1, f2 = jax.random.normal(jax.random.key(1), (2, 4, res, res, 3))
+
+    @jax.jit
+    def run(params):
+        def loss(p):
+            return nnx.merge(graphdef, p, rest)(f1, f2, jax.random.key(2)).loss
+
+        return jax.value_and_grad(loss)(params)
+
+    loss, grads = run(params)
+    flat = jnp.concatenate(
+        [g.astype(jnp.float32).ravel() for g in jax.tree.leaves(grads)]
+    )
+    return float(loss), np.asarray(flat)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """Loss and gradients of today's path (explicit attention), float32."""
+    saved = layers.attend
+    layers.attend = lambda q, k, v, implementation, pad_to=0: (
+        layers.reference_attention(q, k, v)[0]
+    )
+    try:
+        return {size: _loss_and_grads(size) for size in SIZES}
+    finally:
+        layers.attend = saved
+
+
+def _cosine(a, b):
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+@pytest.mark.parametrize(
+    "size,levers,rtol",
+    [
+        ("test", dict(attention="xla"), 1e-5),
+        ("test", dict(attention="auto", attention_pad=8), 1e-5),
+        ("tiny", dict(attention="xla", attention_pad=8), 1e-5),
+        ("test", dict(attention="xla", attention_pad=8, dtype=jnp.bfloat16), 2e-2),
+        ("tiny", dict(attention="auto", dtype=jnp.bfloat16), 2e-2),
+    ],
+)
+def test_every_lever_keeps_the_loss_and_gradients(reference, size, levers, rtol):
+    want_loss, want_grads = reference[size]
+    loss, grads = _loss_and_grads(size, **levers)
+    assert loss == pytest.approx(want_loss, rel=rtol)
+    cos = _cosine(grads, want_grads)
+    assert cos > (0.999999 if rtol < 1e-3 else 0.999), cos
