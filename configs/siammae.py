@@ -50,6 +50,9 @@ def get_config(arg: str = "vits16") -> ml_collections.ConfigDict:
     # Pad token counts to a multiple of this for the kernel (0: off); padded
     # keys are masked by their lengths, so the model's function is unchanged.
     c.model.attention_pad = 0
+    # Encode f1 and f2's visible patches in one pass (their token rows share
+    # each dense layer; attention stays per frame): the same function.
+    c.model.fuse_encoder = False
 
     c.data = ml_collections.ConfigDict()
     c.data.path = ""  # videos, frame folders or array_record shards

@@ -159,8 +159,10 @@ def _cosine(a, b):
         ("test", dict(attention="xla"), 1e-5),
         ("test", dict(attention="auto", attention_pad=8), 1e-5),
         ("tiny", dict(attention="xla", attention_pad=8), 1e-5),
+        ("test", dict(fuse_encoder=True), 1e-5),
+        ("tiny", dict(fuse_encoder=True, attention_pad=8), 1e-5),
         ("test", dict(attention="xla", attention_pad=8, dtype=jnp.bfloat16), 2e-2),
-        ("tiny", dict(attention="auto", dtype=jnp.bfloat16), 2e-2),
+        ("tiny", dict(attention="auto", fuse_encoder=True, dtype=jnp.bfloat16), 2e-2),
     ],
 )
 def test_every_lever_keeps_the_loss_and_gradients(reference, size, levers, rtol):
@@ -169,3 +171,70 @@ def test_every_lever_keeps_the_loss_and_gradients(reference, size, levers, rtol)
     assert loss == pytest.approx(want_loss, rel=rtol)
     cos = _cosine(grads, want_grads)
     assert cos > (0.999999 if rtol < 1e-3 else 0.999), cos
+
+
+def test_one_encoder_pass_for_both_frames_is_two_passes(tiny_model):
+    """``ViT.encode_pair``: f1 whole and f2's visible patches through each
+    layer together, attending per frame, give the two separate calls' tokens."""
+    vit = tiny_model.encoder
+    f1, f2 = jax.random.normal(jax.random.key(3), (2, 3, 32, 32, 3))
+    visible = jnp.array([[0, 5, 9], [2, 3, 15], [1, 7, 8]])
+    z1, z2 = vit.encode_pair(f1, f2, visible)
+    np.testing.assert_allclose(z1, vit(f1)[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(z2, vit(f2, visible=visible)[0], rtol=1e-5, atol=1e-5)
+    # Attention across the frames (no split) would differ: the check can fail.
+    joint = jnp.concatenate([vit.embed(f1), vit.embed(f2, visible)], axis=1)
+    for block in vit.blocks:
+        joint, _ = block(joint)
+    assert np.abs(np.asarray(vit.norm(joint)[:, 17:] - z2)).max() > 1e-2
+
+
+def test_a_cudnn_trained_model_loads_anywhere():
+    """Weights of a run with model.attention=cudnn load as ``auto`` (XLA here)."""
+    from siammae_jax.models.definition import ModelDef
+    from siammae_jax.weights import params as params_lib
+
+    config = dict(TINY, attention="cudnn", dtype="bfloat16")
+    params = ModelDef.from_config(dict(TINY)).init_params(jax.random.key(0))
+    model = params_lib.model_from(config, params, "test")
+    assert model.encoder.blocks[0].attn.attention == "auto"
+
+
+def test_bf16_step_runs_every_matmul_on_bf16_operands():
+    """model.dtype=bfloat16: in the lowered loss-and-gradient HLO every dot
+    takes bf16 operands; the only float32 results are the attention logits
+    (and their gradients), accumulated from bf16 inputs (``dot_bf16_bf16_f32``)
+    for the float32 softmax. A stray float32 layer would show a plain f32 dot."""
+    import re
+
+    model = SiamMAE(
+        **SIZES["test"], dtype=jnp.bfloat16, fuse_encoder=True, rngs=nnx.Rngs(0)
+    )
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    f1, f2 = jax.random.normal(jax.random.key(1), (2, 4, 32, 32, 3))
+
+    def loss(p):
+        return nnx.merge(graphdef, p, rest)(f1, f2, jax.random.key(2)).loss
+
+    hlo = jax.jit(jax.value_and_grad(loss)).lower(params).as_text(dialect="hlo")
+    dots = [line for line in hlo.splitlines() if " dot(" in line]
+    kinds = [re.search(r"= (\w+)\[", line).group(1) for line in dots]
+    assert "bf16" in kinds
+    stray = [
+        line.strip()[:120]
+        for line, kind in zip(dots, kinds, strict=True)
+        if kind != "bf16" and "algorithm=dot_bf16_bf16_f32" not in line
+    ]
+    assert not stray, stray
+    # In float32 the same check finds plain float32 dots: it can fail.
+    f32 = SiamMAE(**SIZES["test"], rngs=nnx.Rngs(0))
+    g32, p32, r32 = nnx.split(f32, nnx.Param, ...)
+    hlo32 = (
+        jax.jit(lambda p: nnx.merge(g32, p, r32)(f1, f2, jax.random.key(2)).loss)
+        .lower(p32)
+        .as_text(dialect="hlo")
+    )
+    assert any(
+        " dot(" in x and "= f32[" in x and "algorithm" not in x
+        for x in hlo32.splitlines()
+    )

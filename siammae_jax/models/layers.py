@@ -211,7 +211,13 @@ class Attention(nnx.Module):
         context: jax.Array | None = None,
         *,
         return_weights: bool = False,
+        split: int | None = None,
     ) -> tuple[jax.Array, jax.Array | None]:
+        """``split``: self-attention within ``x[:, :split]`` and within
+        ``x[:, split:]`` separately (two frames' tokens in one call: the
+        projections run once over both, the attention per frame)."""
+        if split is not None and (context is not None or return_weights):
+            raise ValueError("split is for self-attention without weights")
         context = x if context is None else context
         q = constrain(self.query(x), HEADS)
         k = constrain(self.key(context), HEADS)
@@ -220,7 +226,17 @@ class Attention(nnx.Module):
             out, weights = reference_attention(q, k, v)
         else:
             implementation = kernel(self.attention, q.dtype, self.head_dim)
-            out, weights = attend(q, k, v, implementation, self.pad_to), None
+            weights = None
+            if split is None:
+                out = attend(q, k, v, implementation, self.pad_to)
+            else:
+                out = jnp.concatenate(
+                    [
+                        attend(q[:, s], k[:, s], v[:, s], implementation, self.pad_to)
+                        for s in (slice(None, split), slice(split, None))
+                    ],
+                    axis=1,
+                )
         out = constrain(self.out(out), TOKENS)
         return out, weights
 
@@ -282,9 +298,13 @@ class Block(nnx.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), **kw)
 
     def __call__(
-        self, x: jax.Array, *, return_weights: bool = False
+        self, x: jax.Array, *, return_weights: bool = False, split: int | None = None
     ) -> tuple[jax.Array, jax.Array | None]:
-        a, weights = self.attn(self.norm1(x), return_weights=return_weights)
+        """``split``: two frames' tokens, attending each within its own
+        (``Attention``); norms and MLP run over both at once."""
+        a, weights = self.attn(
+            self.norm1(x), return_weights=return_weights, split=split
+        )
         x = x + a
         x = x + self.mlp(self.norm2(x))
         return constrain(x, TOKENS), weights

@@ -123,6 +123,8 @@ class SiamMAE(nnx.Module):
         (``xla``, ``cudnn`` or ``auto``); attention_pad: ``model.attention_pad``,
         token counts padded to a multiple of it for the kernel (0: none).
         Neither changes the model's function (``layers.attend``).
+      fuse_encoder: ``model.fuse_encoder``, encode f1 and f2's visible patches
+        in one encoder pass (``ViT.encode_pair``; the same function).
       rngs: ``nnx.Rngs`` for initialisation.
 
     Raises:
@@ -145,6 +147,7 @@ class SiamMAE(nnx.Module):
         param_dtype: Dtype = jnp.float32,
         attention: str = "xla",
         attention_pad: int = 0,
+        fuse_encoder: bool = False,
         rngs: nnx.Rngs,
     ):
         _check_decoder(
@@ -166,6 +169,7 @@ class SiamMAE(nnx.Module):
                 "grid; lower mask_ratio or use a larger image_size."
             )
         self.mask_ratio = mask_ratio
+        self.fuse_encoder = fuse_encoder
         self.decoder_type = decoder_type
         self.norm_pix_loss = norm_pix_loss
         self.dtype = dtype
@@ -210,8 +214,11 @@ class SiamMAE(nnx.Module):
         visible, restore, mask = random_mask(
             key, f2.shape[0], grid[0] * grid[1], self.mask_ratio
         )
-        z1, _ = self.encoder(f1)
-        z2, _ = self.encoder(f2, visible=visible)
+        if self.fuse_encoder:
+            z1, z2 = self.encoder.encode_pair(f1, f2, visible)
+        else:
+            z1, _ = self.encoder(f1)
+            z2, _ = self.encoder(f2, visible=visible)
         return z1, z2, restore, mask
 
     def decode(

@@ -225,6 +225,16 @@ class ViT(nnx.Module):
           [CLS] first (K = all patches when ``visible`` is None); attention
           [B, heads, 1+K, 1+K] in float32, or None.
         """
+        x = self.embed(images, visible)
+        attention = None
+        for i, block in enumerate(self.blocks):
+            last = i == len(self.blocks) - 1
+            x, attention = block(x, return_weights=return_attention and last)
+        return self.norm(x), attention
+
+    def embed(self, images: jax.Array, visible: jax.Array | None = None) -> jax.Array:
+        """Tokens [B, 1+K, D] entering the first block: [CLS], then the
+        (``visible``) patches with their position embeddings."""
         grid = (images.shape[1] // self.patch, images.shape[2] // self.patch)
         patches = patchify(images, self.patch)
         pos = self.pos_for_grid(grid)
@@ -233,12 +243,22 @@ class ViT(nnx.Module):
             x = jnp.take_along_axis(x, visible[..., None], axis=1)
         cls = (self.cls_token[...] + pos[:, :1]).astype(x.dtype)
         x = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, x.shape[-1])), x], 1)
-        x = layers.constrain(x, layers.TOKENS)
-        attention = None
-        for i, block in enumerate(self.blocks):
-            last = i == len(self.blocks) - 1
-            x, attention = block(x, return_weights=return_attention and last)
-        return self.norm(x), attention
+        return layers.constrain(x, layers.TOKENS)
+
+    def encode_pair(
+        self, f1: jax.Array, f2: jax.Array, visible: jax.Array
+    ) -> tuple[jax.Array, jax.Array]:
+        """``(self(f1)[0], self(f2, visible=visible)[0])`` in one pass: the two
+        frames' token rows go through each dense layer, norm and MLP together
+        (one larger matmul instead of a large and a tiny one) and attend each
+        within its own frame, so the function is that of two calls."""
+        x1, x2 = self.embed(f1), self.embed(f2, visible)
+        n1 = x1.shape[1]
+        x = jnp.concatenate([x1, x2], axis=1)
+        for block in self.blocks:
+            x, _ = block(x, split=n1)
+        x = self.norm(x)
+        return x[:, :n1], x[:, n1:]
 
     def features(self, images: jax.Array) -> jax.Array:
         """Frozen features for label propagation: L2-normalised patch tokens.

@@ -116,6 +116,13 @@ def encoder_from(model_config: Mapping, variables: Mapping, source: str) -> vit.
 
 
 def model_from(model_config: Mapping, params: Mapping, source: str) -> SiamMAE:
-    """The whole SiamMAE of ``model_config`` holding ``params`` (all of them)."""
-    model = SiamMAE(**model_kwargs(model_config), rngs=nnx.Rngs(0))
+    """The whole SiamMAE of ``model_config`` holding ``params`` (all of them).
+
+    A model trained with ``attention='cudnn'`` loads with ``auto`` (the same
+    function on any backend: cuDNN where it runs, else XLA's attention).
+    """
+    kw = model_kwargs(model_config)
+    if kw.get("attention") == "cudnn":
+        kw["attention"] = "auto"
+    model = SiamMAE(**kw, rngs=nnx.Rngs(0))
     return set_params(model, params, source)
