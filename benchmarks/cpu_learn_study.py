@@ -36,6 +36,7 @@ import time
 
 import checkout_configs
 import jax
+import jf_baselines
 import numpy as np
 from etils import epath
 from flax import nnx
@@ -92,6 +93,42 @@ def write_sets(out: epath.Path, size: int) -> dict[str, epath.Path]:
             )
         roots[name] = folder / "DAVIS"
     return roots
+
+
+def baselines(out: epath.Path, sets: dict[str, epath.Path], config) -> dict:
+    """J&F on each set of what needs no training (benchmarks/jf_baselines.py):
+    mean-colour patch features, a still copy of frame 0, the grid's ceiling.
+    Computed once per set folder."""
+    path = out / "sets" / f"baselines_{config.model.image_size}px.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    cfg, patch = config.eval.davis, ModelDef.from_config(config.model).patch
+    result = {}
+    for name, root in sets.items():
+        work = out / "sets" / "baselines" / name
+        colour = tasks.run_davis(
+            lambda f: jf_baselines.patch_features(f, patch, True),
+            patch, root, work / "colour", cfg, 0, False,
+        )  # fmt: skip
+        result[name] = {
+            "mean_colour": colour["J&F-Mean"],
+            "first_mask": jf_baselines.first_mask(root, work / "first", cfg)[
+                "J&F-Mean"
+            ],
+            "grid_ceiling": jf_baselines.grid_ceiling(root, work / "grid", patch, cfg)[
+                "J&F-Mean"
+            ],
+        }
+    path.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def baseline_line(base: dict) -> str:
+    return "no training: " + "; ".join(
+        f"{s} mean colour {b['mean_colour']:.3f}, first mask {b['first_mask']:.3f}, "
+        f"grid ceiling {b['grid_ceiling']:.3f}"
+        for s, b in base.items()
+    )
 
 
 def jf(model, davis_root: epath.Path, config, out: epath.Path) -> float:
@@ -202,12 +239,13 @@ HEADER = (
 )
 
 
-def table(results: list[dict]) -> str:
+def table(results: list[dict], base: dict) -> str:
     twin = [r["steps"]["0"] for r in results]
     lines = [
         f"twin J&F: A {_m([t['jf_A'] for t in twin])}, B {_m([t['jf_B'] for t in twin])}; "
         f"chance A {twin[0]['motion']['A']['chance']:.3f}, "
         f"B {twin[0]['motion']['B']['chance']:.3f}",
+        baseline_line(base),
         "",
         HEADER.format(first="step"),
         "|---:|" + "---:|" * 8,
@@ -261,13 +299,15 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     size = checkout_configs.config_with_overrides(args.config).model.image_size
     sets = write_sets(out, size)
+    base = baselines(out, sets, checkout_configs.config_with_overrides(args.config))
+    print(baseline_line(base), flush=True)
     results = []
     for seed in [int(s) for s in args.seeds.split(",")]:
         results.append(run_seed(args, seed, root, sets))
         r = results[-1]
         print(f"[study] {tag} seed {seed}: train {r['train_seconds']} s, "
               f"measures {r['measure_seconds']} s", flush=True)  # fmt: skip
-    text = table(results)
+    text = table(results, base)
     (root / "results.json").write_text(json.dumps(results, indent=1))
     (root / "results.md").write_text(f"`{args.config}`, {args.steps} steps\n\n{text}\n")
     print(text)
