@@ -36,14 +36,13 @@ import time
 
 import checkout_configs
 import jax
-import jf_baselines
 import numpy as np
 from etils import epath
 from flax import nnx
 
 import siammae_jax
 from siammae_jax.data import synthetic
-from siammae_jax.eval import encoder, learning, tasks
+from siammae_jax.eval import baselines, encoder, learning, tasks
 from siammae_jax.models.definition import ModelDef
 from siammae_jax.train import logs, loop
 from siammae_jax.weights import params as weight_params
@@ -95,8 +94,8 @@ def write_sets(out: epath.Path, size: int) -> dict[str, epath.Path]:
     return roots
 
 
-def baselines(out: epath.Path, sets: dict[str, epath.Path], config) -> dict:
-    """J&F on each set of what needs no training (benchmarks/jf_baselines.py):
+def no_training(out: epath.Path, sets: dict[str, epath.Path], config) -> dict:
+    """J&F on each set of what needs no training (``siammae_jax.eval.baselines``):
     mean-colour patch features, a still copy of frame 0, the grid's ceiling.
     Computed once per set folder."""
     path = out / "sets" / f"baselines_{config.model.image_size}px.json"
@@ -107,15 +106,13 @@ def baselines(out: epath.Path, sets: dict[str, epath.Path], config) -> dict:
     for name, root in sets.items():
         work = out / "sets" / "baselines" / name
         colour = tasks.run_davis(
-            lambda f: jf_baselines.patch_features(f, patch, True),
+            lambda f: baselines.patch_features(f, patch, True),
             patch, root, work / "colour", cfg, 0, False,
         )  # fmt: skip
         result[name] = {
             "mean_colour": colour["J&F-Mean"],
-            "first_mask": jf_baselines.first_mask(root, work / "first", cfg)[
-                "J&F-Mean"
-            ],
-            "grid_ceiling": jf_baselines.grid_ceiling(root, work / "grid", patch, cfg)[
+            "first_mask": baselines.first_mask(root, work / "first", cfg)["J&F-Mean"],
+            "grid_ceiling": baselines.grid_ceiling(root, work / "grid", patch, cfg)[
                 "J&F-Mean"
             ],
         }
@@ -299,7 +296,7 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     size = checkout_configs.config_with_overrides(args.config).model.image_size
     sets = write_sets(out, size)
-    base = baselines(out, sets, checkout_configs.config_with_overrides(args.config))
+    base = no_training(out, sets, checkout_configs.config_with_overrides(args.config))
     print(baseline_line(base), flush=True)
     results = []
     for seed in [int(s) for s in args.seeds.split(",")]:

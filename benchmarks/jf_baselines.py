@@ -24,61 +24,8 @@ import argparse
 import tempfile
 
 import checkout_configs
-import numpy as np
-from etils import epath
 
-from siammae_jax.eval import davis, davis_score, propagation, tasks
-
-
-def patch_features(frames: np.ndarray, patch: int, mean_only: bool) -> np.ndarray:
-    """uint8 [T, H, W, 3] -> [T, H/p, W/p, D] L2-normalised patch features."""
-    t, h, w, _ = frames.shape
-    x = frames.astype(np.float32) / 255.0
-    x = x.reshape(t, h // patch, patch, w // patch, patch, 3).transpose(
-        0, 1, 3, 2, 4, 5
-    )
-    x = x.reshape(t, h // patch, w // patch, patch * patch, 3)
-    if mean_only:
-        x = x.mean(3)
-    else:
-        x = x.reshape(*x.shape[:3], -1)
-        x = x - x.mean(-1, keepdims=True)
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-6)
-
-
-def first_mask(root, out, cfg) -> dict:
-    """J&F of frame 0's masks copied to every frame."""
-    out = epath.Path(out)
-    for seq in davis.read_set(root, cfg.split):
-        s = davis.load_sequence(root, seq)
-        masks = np.repeat(s.first_mask[None], len(s.frame_names), axis=0)
-        davis.write_masks(out, seq, s.frame_names, masks)
-    return davis_score.score(root, out, cfg.split, progress=False)[0]
-
-
-def grid_ceiling(root, out, patch: int, cfg) -> dict:
-    """J&F of the true masks seen through the feature grid (no propagation)."""
-    out = epath.Path(out)
-    for seq in davis.read_set(root, cfg.split):
-        s = davis.load_sequence(root, seq)
-        ids = np.array((0, *s.object_ids))
-        h, w = s.first_mask.shape
-        size = tasks.input_size(h, w, patch, short_side=cfg.short_side)
-        gh, gw = size[0] // patch, size[1] // patch
-        if h % gh or w % gw:
-            raise ValueError(f"{seq}: {h}x{w} frames do not tile a {gh}x{gw} grid")
-        masks = []
-        for truth in davis.read_annotations(root, seq):
-            onehot = (truth[..., None] == ids).astype(np.float32)
-            # Each cell's share of every object (area pooling): the best a
-            # feature grid can say, upsampled as propagated labels are.
-            pooled = onehot.reshape(gh, h // gh, gw, w // gw, len(ids)).mean((1, 3))
-            masks.append(ids[propagation.grid_to_labels(pooled, (h, w)).argmax(-1)])
-        masks = np.stack(masks).astype(np.uint8)
-        masks[0] = s.first_mask
-        davis.write_masks(out, seq, s.frame_names, masks)
-    row, rows = davis_score.score(root, out, cfg.split, progress=False)
-    return row
+from siammae_jax.eval import baselines, tasks
 
 
 def main() -> None:
@@ -92,13 +39,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name, mean_only in (("mean colour", True), ("pixels", False)):
             row = tasks.run_davis(
-                lambda f, m=mean_only: patch_features(f, args.patch, m),
+                lambda f, m=mean_only: baselines.patch_features(f, args.patch, m),
                 args.patch, args.root, f"{tmp}/{name}", cfg, 0, False,
             )  # fmt: skip
             print(f"{name}: J&F {row['J&F-Mean']:.4f}", flush=True)
-        row = first_mask(args.root, f"{tmp}/first", cfg)
+        row = baselines.first_mask(args.root, f"{tmp}/first", cfg)
         print(f"first mask: J&F {row['J&F-Mean']:.4f}", flush=True)
-        row = grid_ceiling(args.root, f"{tmp}/ceiling", args.patch, cfg)
+        row = baselines.grid_ceiling(args.root, f"{tmp}/ceiling", args.patch, cfg)
         print(f"grid ceiling: J&F {row['J&F-Mean']:.4f}", flush=True)
 
 

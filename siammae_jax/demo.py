@@ -31,7 +31,7 @@ from etils import epath
 
 from configs import siammae as configs
 from siammae_jax.data import pairs, synthetic
-from siammae_jax.eval import attention, learning, pictures
+from siammae_jax.eval import attention, baselines, learning, pictures, tasks
 from siammae_jax.train import evaluation, logs, loop
 from siammae_jax.weights import params as weight_params
 
@@ -159,6 +159,21 @@ def attention_maps(
     attention.run(trained, str(first), str(out), 4 * size, 24)
 
 
+def colour_baseline(
+    config: ml_collections.ConfigDict, davis_root: epath.Path, workdir: epath.Path
+) -> dict:
+    """J&F of mean-colour patch features (no learning) on the held-out set,
+    with the online evaluation's settings: what the encoder gain is read beside."""
+    patch = weight_params.build_encoder(
+        config.model.encoder, config.model.image_size
+    ).patch
+    return tasks.run_davis(
+        lambda frames: baselines.patch_features(frames, patch, mean_only=True),
+        patch, davis_root, workdir / "eval" / "mean_colour", config.eval.davis,
+        0, False,
+    )  # fmt: skip
+
+
 # Where the online evaluation leaves each encoder's overlay pictures.
 OVERLAYS = {
     "pre-trained": f"{evaluation.OUT_DIR}/overlays",
@@ -231,6 +246,13 @@ def summary(workdir: epath.Path, m: dict, scores: dict) -> str:
         )
     gain = scores["pre-trained"]["J&F-Mean"] - scores["random-init"]["J&F-Mean"]
     lines.append(f"encoder gain: J&F {gain:+.3f} over random init")
+    if "mean colour" in scores:
+        colour = scores["mean colour"]["J&F-Mean"]
+        lines.append(
+            f"  no learning: mean-colour patch features J&F {colour:.3f} "
+            f"({colour - scores['random-init']['J&F-Mean']:+.3f} over random init; "
+            "the encoder's gain means little below it)"
+        )
     lines += [
         f"pictures: {workdir / 'pictures'} (summary.png, reconstruction.png, "
         "correspondence.png, attention.png/.mp4), "
@@ -256,6 +278,7 @@ def main(argv: list[str]) -> None:
     _say("measuring past-frame use and decoder correspondence ...")
     m = measures(config, state, workdir, videos)
     scores = online_scores(workdir)
+    scores["mean colour"] = colour_baseline(config, davis_root, workdir)
     attention_maps(config, state, davis_root, workdir / "pictures")
     summary_picture(workdir, scores)
     text = summary(workdir, m, scores)

@@ -53,6 +53,12 @@ def test_summary_has_the_interface_lines(tmp_path):
     assert "pre-trained encoder: J&F 0.400 (J 0.450, F 0.350)" in text
     assert "random-init encoder: J&F 0.300 (J 0.320, F 0.280)" in text
     assert "encoder gain: J&F +0.100 over random init" in text
+    colour = {**SCORES, "mean colour": {"J&F-Mean": 0.35}}
+    lines = demo.summary(epath.Path(tmp_path), MEASURES, colour).splitlines()
+    gain = lines.index("encoder gain: J&F +0.100 over random init")
+    assert lines[gain + 1].startswith(
+        "  no learning: mean-colour patch features J&F 0.350 (+0.050 over random init"
+    )
     assert text[4].startswith(
         "motion: correspondence 0.327 at a gap of 12 frames (same-position guess "
         "0.341, chance 0.120"
