@@ -31,6 +31,10 @@ def get_config(arg: str = "vits16") -> ml_collections.ConfigDict:
     # once the workdir holds a checkpoint (that run is resumed instead).
     c.init_from = ""
     c.batch_size = 2048  # global pairs per step (paper)
+    # Added to XLA_FLAGS by the entry point before the backend starts (GPU
+    # flags such as --xla_gpu_enable_triton_gemm=false; chosen by
+    # benchmarks/accelerator_step.py --sweep). TPU flags go in LIBTPU_INIT_ARGS.
+    c.xla_flags = ""
 
     c.model = ml_collections.ConfigDict()
     c.model.encoder = {"vits16": "S/16", "vits8": "S/8", "vitb16": "B/16"}.get(

@@ -6,6 +6,8 @@ Parses flags, starts multi-host JAX when asked, and calls
 
 from __future__ import annotations
 
+import os
+
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -32,10 +34,31 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process' index.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def apply_xla_flags(extra: str) -> None:
+    """Appends ``config.xla_flags`` to ``XLA_FLAGS``; XLA reads them when the
+    first backend starts, so this must come before any device is touched.
+
+    Raises:
+      RuntimeError: a backend is already running (the flags would be ignored).
+    """
+    if not extra:
+        return
+    from jax._src import xla_bridge
+
+    if xla_bridge.backends_are_initialized():
+        raise RuntimeError(
+            f"config.xla_flags={extra!r} comes too late: a JAX backend already "
+            "started in this process; set XLA_FLAGS in the environment instead."
+        )
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {extra}".strip()
+    logging.info("XLA_FLAGS=%s", os.environ["XLA_FLAGS"])
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     quiet_library_logs()
+    apply_xla_flags(_CONFIG.value.get("xla_flags", ""))
     if _COORDINATOR.value:
         jax.distributed.initialize(
             _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value

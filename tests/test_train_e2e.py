@@ -222,10 +222,21 @@ def test_online_eval_compiles_only_when_asked(straight, tmp_path, data_dir):
     eval.every=0 (the default) compiles none of them."""
     log = (straight / "train.stderr").read_text()
     assert all(f"Compiling {name}" in log for name in EVAL_COMPILES)
-    proc = _run(tmp_path, data_dir, "--config.train.steps=1", log_compiles=True)
+    dump = tmp_path / "hlo"
+    proc = _run(
+        tmp_path,
+        data_dir,
+        "--config.train.steps=1",
+        f"--config.xla_flags=--xla_dump_to={dump} --xla_dump_hlo_module_re=jit_step",
+        log_compiles=True,
+    )
     assert "Compiling jit(" in proc.stderr  # compiles are logged
     for name in EVAL_COMPILES:
         assert f"Compiling {name}" not in proc.stderr
+    # config.xla_flags reached XLA before the backend started: it dumped the step.
+    assert any(
+        p.name.endswith("jit_step.cpu_after_optimizations.txt") for p in dump.iterdir()
+    )
 
 
 def test_tensorboard_has_scalars_and_an_image(straight):
