@@ -240,12 +240,13 @@ def _flat(d, prefix=""):
     return out
 
 
-def test_cpu_learn_is_tiny_trained_longer_and_scored_on_held_out_set_a():
+def test_cpu_learn_is_tiny_with_plain_pixel_targets_trained_longer_and_scored_on_set_a():
     tiny = _flat(siammae_config.get_config("tiny").to_dict())
     learn = siammae_config.get_config("cpu_learn")
     changed = {k for k, v in _flat(learn.to_dict()).items() if tiny[k] != v}
     assert changed == {"train.steps", "eval.every", "eval.max_videos",
-                       "eval.max_seconds"}  # fmt: skip
+                       "eval.max_seconds", "model.norm_pix_loss"}  # fmt: skip
+    assert learn.model.norm_pix_loss is False
     config_lib.validate(learn, num_devices=8, num_hosts=1)
     e = learn.eval
     # Frozen held-out set A (BENCHMARKS.md): synthetic seed 1, default style,
