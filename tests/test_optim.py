@@ -81,19 +81,23 @@ def _numpy_adamw(params, grads, lr, b1, b2, wd, clip, eps=1e-8):
     return out
 
 
+# Parameters and two steps' gradients (norm ~10, then ~0.5: clipping at 1.0
+# shows through Adam's moments).
+TWO_STEPS = (
+    {"kernel": np.array([[1.0, -2.0], [0.5, 3.0]]), "bias": np.array([1.0, -1.0])},
+    [
+        {"kernel": np.array([[6.0, -4.0], [2.0, 5.0]]), "bias": np.array([3.0, 1.0])},
+        {"kernel": np.array([[0.1, 0.3], [-0.2, 0.1]]), "bias": np.array([-0.2, 0.1])},
+    ],
+)
+
+
 @pytest.mark.parametrize("grad_clip", [0.0, 1.0])
 def test_adamw_defaults_match_a_numpy_adamw(grad_clip):
     """Two steps with the defaults (b1 0.9, b2 0.95, weight decay 0.05: the
     paper's recipe) equal a numpy AdamW; gradients of norm ~10 then ~0.5 make
     clipping at 1.0 visible through Adam's moments."""
-    params = {
-        "kernel": np.array([[1.0, -2.0], [0.5, 3.0]]),
-        "bias": np.array([1.0, -1.0]),
-    }
-    grads = [
-        {"kernel": np.array([[6.0, -4.0], [2.0, 5.0]]), "bias": np.array([3.0, 1.0])},
-        {"kernel": np.array([[0.1, 0.3], [-0.2, 0.1]]), "bias": np.array([-0.2, 0.1])},
-    ]
+    params, grads = TWO_STEPS
     clip = {"grad_clip": grad_clip} if grad_clip else {}  # default: no clipping
     tx = optim.make_optimizer(optax.constant_schedule(0.01), **clip)
     p = jax.tree.map(jnp.asarray, params)
@@ -159,14 +163,7 @@ def test_bf16_first_moment_is_stored_in_bf16_and_steps_like_adamw():
     """optim.mu_dtype=bfloat16: Adam's first moment is kept in bfloat16 (the
     second stays float32) and the steps stay within bfloat16 rounding of the
     float32 AdamW (parameter changes within 1%)."""
-    params = {
-        "kernel": np.array([[1.0, -2.0], [0.5, 3.0]]),
-        "bias": np.array([1.0, -1.0]),
-    }
-    grads = [
-        {"kernel": np.array([[6.0, -4.0], [2.0, 5.0]]), "bias": np.array([3.0, 1.0])},
-        {"kernel": np.array([[0.1, 0.3], [-0.2, 0.1]]), "bias": np.array([-0.2, 0.1])},
-    ]
+    params, grads = TWO_STEPS
     tx = optim.make_optimizer(optax.constant_schedule(0.01), mu_dtype="bfloat16")
     p = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
     state = tx.init(p)
