@@ -6,12 +6,11 @@ Parses flags, starts multi-host JAX when asked, and calls
 
 from __future__ import annotations
 
-import os
-
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from siammae_jax.train.config import apply_xla_flags
 from siammae_jax.train.logs import quiet_library_logs
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -32,26 +31,6 @@ _COORDINATOR = flags.DEFINE_string(
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process' index.")
 flags.mark_flags_as_required(["config", "workdir"])
-
-
-def apply_xla_flags(extra: str) -> None:
-    """Appends ``config.xla_flags`` to ``XLA_FLAGS``; XLA reads them when the
-    first backend starts, so this must come before any device is touched.
-
-    Raises:
-      RuntimeError: a backend is already running (the flags would be ignored).
-    """
-    if not extra:
-        return
-    from jax._src import xla_bridge
-
-    if xla_bridge.backends_are_initialized():
-        raise RuntimeError(
-            f"config.xla_flags={extra!r} comes too late: a JAX backend already "
-            "started in this process; set XLA_FLAGS in the environment instead."
-        )
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {extra}".strip()
-    logging.info("XLA_FLAGS=%s", os.environ["XLA_FLAGS"])
 
 
 def main(argv: list[str]) -> None:

@@ -243,11 +243,9 @@ def test_bf16_step_runs_every_matmul_on_bf16_operands():
 def test_xla_flags_from_the_config_refuse_to_come_too_late(monkeypatch):
     """config.xla_flags reach XLA_FLAGS only before a backend starts (the
     subprocess test in test_train_e2e.py sees them take effect)."""
-    from siammae_jax import main
-
     monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
-    main.apply_xla_flags("")  # nothing asked: nothing checked or changed
+    config_lib.apply_xla_flags("")  # nothing asked: nothing checked or changed
     jax.devices()  # this process's backend is running
     with pytest.raises(RuntimeError, match="comes too late"):
-        main.apply_xla_flags("--xla_gpu_enable_triton_gemm=false")
+        config_lib.apply_xla_flags("--xla_gpu_enable_triton_gemm=false")
     assert "triton" not in __import__("os").environ["XLA_FLAGS"]

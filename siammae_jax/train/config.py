@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import ml_collections
+from absl import logging
 
 from siammae_jax.data import pairs
 from siammae_jax.models import definition
@@ -145,3 +147,23 @@ def schedule(config: ml_collections.ConfigDict, num_videos: int) -> Schedule:
         )
     peak = optim.scaled_lr(o.base_lr, config.batch_size, o.lr_reference_batch)
     return Schedule(total, warmup, steps_per_epoch, peak)
+
+
+def apply_xla_flags(extra: str) -> None:
+    """Appends ``config.xla_flags`` to ``XLA_FLAGS``; XLA reads them when the
+    first backend starts, so this must come before any device is touched.
+
+    Raises:
+      RuntimeError: a backend is already running (the flags would be ignored).
+    """
+    if not extra:
+        return
+    from jax._src import xla_bridge
+
+    if xla_bridge.backends_are_initialized():
+        raise RuntimeError(
+            f"config.xla_flags={extra!r} comes too late: a JAX backend already "
+            "started in this process; set XLA_FLAGS in the environment instead."
+        )
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {extra}".strip()
+    logging.info("XLA_FLAGS=%s", os.environ["XLA_FLAGS"])
