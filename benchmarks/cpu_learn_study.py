@@ -43,6 +43,7 @@ from flax import nnx
 import siammae_jax
 from siammae_jax.data import synthetic
 from siammae_jax.eval import baselines, encoder, learning, tasks
+from siammae_jax.models import vit
 from siammae_jax.models.definition import ModelDef
 from siammae_jax.train import logs, loop
 from siammae_jax.weights import params as weight_params
@@ -101,7 +102,7 @@ def no_training(out: epath.Path, sets: dict[str, epath.Path], config) -> dict:
     path = out / "sets" / f"baselines_{config.model.image_size}px.json"
     if path.exists():
         return json.loads(path.read_text())
-    cfg, patch = config.eval.davis, ModelDef.from_config(config.model).patch
+    cfg, (_, patch) = config.eval.davis, vit.parse_variant(config.model.encoder)
     result = {}
     for name, root in sets.items():
         work = out / "sets" / "baselines" / name

@@ -32,6 +32,7 @@ from etils import epath
 from configs import siammae as configs
 from siammae_jax.data import pairs, synthetic
 from siammae_jax.eval import attention, baselines, learning, pictures, tasks
+from siammae_jax.models import vit
 from siammae_jax.train import evaluation, logs, loop
 from siammae_jax.weights import params as weight_params
 
@@ -164,9 +165,7 @@ def colour_baseline(
 ) -> dict:
     """J&F of mean-colour patch features (no learning) on the held-out set,
     with the online evaluation's settings: what the encoder gain is read beside."""
-    patch = weight_params.build_encoder(
-        config.model.encoder, config.model.image_size
-    ).patch
+    _, patch = vit.parse_variant(config.model.encoder)
     return tasks.run_davis(
         lambda frames: baselines.patch_features(frames, patch, mean_only=True),
         patch, davis_root, workdir / "eval" / "mean_colour", config.eval.davis,
