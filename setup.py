@@ -2,6 +2,8 @@
 
 from setuptools import find_packages, setup
 
+BEAM = ["apache-beam>=2.77", "mlcroissant>=1.0"]
+
 setup(
     name="siammae_jax",
     version="0.1.0",
@@ -32,9 +34,17 @@ setup(
         # clu.metric_writers imports TensorFlow; the CPU build never grabs GPUs.
         "tensorflow-cpu>=2.18",
         "tensorboard>=2.18",  # clu's summary writer; not pulled in by tensorflow-cpu
+        # Named datasets (siammae_jax.data.tfds), read without TensorFlow; TFDS's
+        # builder code imports importlib_resources, which it does not require.
+        "tensorflow-datasets>=4.9.10",
+        "importlib_resources>=6.0",
     ],
     extras_require={
+        # Preparing datasets with the package's TFDS builders (`tfds build`):
+        # Apache Beam, and mlcroissant, which the `tfds` command line imports.
+        "beam": BEAM,
         "test": [
+            *BEAM,
             "pytest>=8.0",
             "ruff>=0.17,<0.18",
             "nbclient>=0.10",

@@ -62,6 +62,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--every", type=int, default=750, help="Evaluation interval.")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--tag", default=None)
+    p.add_argument(
+        "--init_from",
+        default=None,
+        help="TAG:STEP: start each seed from that study run's checkpoint of the "
+        "same seed (a second phase); gains stay over the seed's random init.",
+    )
     p.add_argument("--compare", default=None, help="Tags: final steps side by side.")
     return p.parse_args()
 
@@ -80,6 +86,12 @@ def make_config(args: argparse.Namespace, seed: int, set_a: epath.Path):
     config.eval.davis.short_side = config.model.image_size
     config.checkpoint.every = args.every
     config.checkpoint.keep_every = args.every
+    if args.init_from:
+        tag, step = args.init_from.split(":")
+        first = epath.Path(args.out) / tag / f"seed{seed}" / "checkpoints" / step
+        if not first.exists():
+            raise FileNotFoundError(f"--init_from {args.init_from}: no {first}")
+        config.init_from = str(first)
     return config
 
 

@@ -60,9 +60,15 @@ def get_config(arg: str = "vits16") -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     c.data.path = ""  # videos, frame folders or array_record shards
-    # video|frames|array_record|synthetic; inferred from data.path if empty,
-    # and the synthetic set if data.path is empty too.
+    # video|frames|array_record|tfds|synthetic; inferred from data.path if
+    # empty, and the synthetic set if data.path is empty too.
     c.data.format = ""
+    # data.format=tfds: a prepared TFDS dataset of videos (the package's
+    # video_folder builder: `tfds build video_folder --imports
+    # siammae_jax.data.tfds ...`), read with tfds.data_source.
+    c.data.tfds_name = ""  # NAME[/CONFIG][:VERSION], e.g. video_folder
+    c.data.tfds_data_dir = ""  # "": TFDS's default data_dir
+    c.data.tfds_split = "train"
     # Open every video file at startup (frame index, in threads) and leave out
     # the unreadable ones, when there are at most this many (0: never; larger
     # folders find bad videos when they are read, counted in data_skipped).

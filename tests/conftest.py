@@ -80,3 +80,48 @@ def trained(tmp_path_factory):
     ckpt.save(5, state, data, config, force=True)
     ckpt.close()
     return workdir, jax.device_get(state.params["encoder"])
+
+
+# The test build of the package's `video_folder` TFDS builder (frames at 32 px).
+TFDS_VIDEOS = "video_folder/s32"
+
+
+@pytest.fixture(scope="session")
+def tfds_videos(tmp_path_factory):
+    """``(data_dir, manual_dir)`` of ``video_folder/s32`` built by the ``tfds
+    build`` command line (Beam DirectRunner, 2 worker processes) from 8
+    synthetic videos (12 frames, 32x32) plus a corrupt video, an empty one and
+    a text file, which the build must skip and list."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from siammae_jax.data import synthetic
+
+    root = tmp_path_factory.mktemp("tfds")
+    synthetic.write_dataset(
+        root / "synthetic", videos=8, frames=12, size=(32, 32), progress=False
+    )
+    manual = root / "manual"
+    (root / "synthetic" / "videos").rename(manual)
+    good = sorted(manual.iterdir())
+    (manual / "broken.mp4").write_bytes(good[0].read_bytes()[:300])
+    (manual / "empty.mp4").write_bytes(b"")
+    (manual / "notes.txt").write_text("not a video\n")
+    command = [
+        str(Path(sys.executable).parent / "tfds"),
+        "build",
+        "video_folder",
+        "--config",
+        '{"name": "s32", "short_side": 32}',
+        "--imports",
+        "siammae_jax.data.tfds",
+        f"--manual_dir={manual}",
+        f"--data_dir={root / 'data'}",
+        "--file_format=array_record",
+        "--beam_pipeline_options=runner=DirectRunner,direct_num_workers=2,"
+        "direct_running_mode=multi_processing",
+    ]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return root / "data", manual

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from conftest import TFDS_VIDEOS
 
 from siammae_jax.train import checkpoint
 from siammae_jax.weights import params as weight_params
@@ -158,13 +159,13 @@ def _running(pid: int) -> bool:
     return "State:\tZ" not in status
 
 
-def _interrupted(workdir, data_dir, sig):
+def _interrupted(workdir, data_dir, sig, *extra):
     """Starts a run, sends ``sig`` once checkpoint 4 exists; returns the process.
 
     SIGINT goes to the whole process group, as a terminal's Ctrl-C does.
     """
     proc = subprocess.Popen(
-        _command(workdir, data_dir),
+        _command(workdir, data_dir, *extra),
         cwd=ROOT,
         env=_env(),
         stdout=subprocess.DEVNULL,
@@ -282,6 +283,34 @@ def test_exact_resume_after_signal(tmp_path, data_dir, straight, sig):
     for step in range(stopped_at + 1, STEPS + 1):
         assert got[step] == pytest.approx(want[step], rel=1e-5, abs=1e-6), step
     a, b = _params(straight, STEPS), _params(tmp_path, STEPS)
+    for x, y in zip(_leaves(a), _leaves(b), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+def test_tfds_source_trains_and_resumes_exactly(tmp_path, tfds_videos):
+    """data.format=tfds (the video_folder build of conftest): a run killed
+    after checkpoint 4 and resumed equals a straight run."""
+    tfds_dir, manual = tfds_videos
+    flags = [
+        "--config.data.format=tfds",
+        f"--config.data.tfds_name={TFDS_VIDEOS}",
+        f"--config.data.tfds_data_dir={tfds_dir}",
+        "--config.train.steps=8",
+        "--config.train.measure_every=0",
+    ]
+    _run(tmp_path / "straight", manual, *flags)
+    proc, _ = _interrupted(tmp_path / "killed", manual, signal.SIGKILL, *flags)
+    stopped_at = checkpoint.Checkpointer(
+        tmp_path / "killed" / "checkpoints", every=4
+    ).latest_step()
+    assert stopped_at < 8, "the run finished before the signal: not a resume test"
+    log = _run(tmp_path / "killed", manual, *flags).stderr
+    assert f"videos: 8 examples of tfds:{TFDS_VIDEOS}[train]" in log
+    want, got = _losses(tmp_path / "straight"), _losses(tmp_path / "killed")
+    assert sorted(got) == sorted(want) == list(range(1, 9))
+    for step in range(stopped_at + 1, 9):
+        assert got[step] == pytest.approx(want[step], rel=1e-5, abs=1e-6), step
+    a, b = _params(tmp_path / "straight", 8), _params(tmp_path / "killed", 8)
     for x, y in zip(_leaves(a), _leaves(b), strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
 

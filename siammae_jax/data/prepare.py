@@ -83,20 +83,24 @@ def _frames(path: str, kind: str) -> tuple[Iterator[np.ndarray], float]:
     return (folder.read([i])[0] for i in range(folder.num_frames)), folder.fps
 
 
-def pack_video(
-    path: str, kind: str, name: str, short_side: int | None, quality: int
-) -> tuple[bytes | None, str | None]:
-    """Decodes, resizes and JPEG-encodes one video into one record.
+def encode_video(
+    path: str, kind: str, short_side: int | None, quality: int
+) -> tuple[list[bytes], dict[str, Any]]:
+    """Decodes one video in order, resizes and JPEG-encodes its frames.
 
     Args:
       path: the video file or frame folder.
       kind: ``"video"`` or ``"frames"``.
-      name: the ``source`` stored in the record (path relative to the inputs).
       short_side: the short side of the stored frames (None: keep the size).
       quality: JPEG quality.
 
     Returns:
-      ``(record, None)``, or ``(None, reason)`` for a video that cannot be used.
+      The JPEG frames and ``fps``, ``height``, ``width``, ``orig_height``,
+      ``orig_width``.
+
+    Raises:
+      BadVideoError: the video cannot be used (also for any unexpected error:
+        one odd video must not stop a long job).
     """
     try:
         frames, fps = _frames(path, kind)
@@ -108,21 +112,39 @@ def pack_video(
             buffer = io.BytesIO()
             image.save(buffer, format="JPEG", quality=quality)
             jpegs.append(buffer.getvalue())
-    except BadVideoError as e:
-        return None, e.reason
-    except Exception as e:  # One odd video must not stop a long job.
-        return None, f"{type(e).__name__}: {e}"
+    except BadVideoError:
+        raise
+    except Exception as e:
+        raise BadVideoError(path, f"{type(e).__name__}: {e}") from e
     if not jpegs:
-        return None, "no frames"
+        raise BadVideoError(path, "no frames")
     meta = {
-        "source": name,
         "fps": float(fps),
         "height": size[0],
         "width": size[1],
         "orig_height": int(orig[0]),
         "orig_width": int(orig[1]),
     }
-    return encode_record(jpegs, meta), None
+    return jpegs, meta
+
+
+def pack_video(
+    path: str, kind: str, name: str, short_side: int | None, quality: int
+) -> tuple[bytes | None, str | None]:
+    """One video as one record (see :func:`encode_video`).
+
+    Args:
+      path, kind, short_side, quality: see :func:`encode_video`.
+      name: the ``source`` stored in the record (path relative to the inputs).
+
+    Returns:
+      ``(record, None)``, or ``(None, reason)`` for a video that cannot be used.
+    """
+    try:
+        jpegs, meta = encode_video(path, kind, short_side, quality)
+    except BadVideoError as e:
+        return None, e.reason
+    return encode_record(jpegs, {"source": name, **meta}), None
 
 
 def _pack_star(args: tuple) -> tuple[bytes | None, str | None]:

@@ -7,6 +7,9 @@
 * :class:`ArrayRecordSource`: ``*.array_record`` shards written by
   :mod:`siammae_jax.data.prepare` (JPEG frames, msgpack), read with grain's
   ``ArrayRecordDataSource``.
+* :class:`TfdsSource`: a prepared TFDS dataset of videos (the package's
+  ``video_folder`` builder, or any with a ``frames`` sequence of images), read
+  with ``tfds.data_source`` without TensorFlow, frames left encoded.
 
 Construction lists the files once (sorted, so indices are stable) and fails
 with ``FileNotFoundError`` for a missing path or ``ValueError`` when no video
@@ -32,13 +35,14 @@ from siammae_jax.data.video import (
     IMAGE_EXTENSIONS,
     BadVideoError,
     FrameFolder,
+    JpegVideo,
     PackedVideo,
     Video,
     natural_key,
 )
 from siammae_jax.data.video_file import VIDEO_EXTENSIONS, VideoFile, probe_video
 
-FORMATS = ("video", "frames", "array_record")
+FORMATS = ("video", "frames", "array_record", "tfds")
 ARRAY_RECORD_SUFFIX = ".array_record"
 
 
@@ -294,6 +298,102 @@ class ArrayRecordSource(_Source):
         return f"videos: {len(self)} packed videos in {len(self._shards)} shards"
 
 
+class TfdsSource(_Source):
+    """A prepared TFDS video dataset, read with ``tfds.data_source``.
+
+    Each example needs a ``frames`` feature (a sequence of encoded images),
+    which stays encoded until :meth:`~siammae_jax.data.video.Video.read`
+    decodes the wanted frames, and may carry ``fps`` (30 otherwise) and
+    ``source`` (its name in logs). The package's builders are registered
+    first, so ``video_folder`` needs no import flag.
+
+    Args:
+      name: the dataset, ``NAME[/CONFIG][:VERSION]`` (``video_folder``).
+      data_dir: the TFDS data directory it was built into (None: TFDS's).
+      split: the split to read.
+
+    Raises:
+      FileNotFoundError: the dataset is not prepared in ``data_dir``.
+      ValueError: the split is empty or has no ``frames`` feature.
+    """
+
+    def __init__(self, name: str, data_dir: str | None = None, split: str = "train"):
+        self.name, self.data_dir, self.split = name, data_dir, split
+        self._root = f"tfds:{name}[{split}]" + (f" in {data_dir}" if data_dir else "")
+        self.skipped = []
+        self._records = None
+        records = self._open()
+        self.num_files = len(records)
+        if not self.num_files:
+            raise ValueError(f"{self._root} holds no videos")
+
+    def _open(self):
+        if self._records is None:
+            self._records = open_tfds(self.name, self.split, self.data_dir)
+        return self._records
+
+    def __getstate__(self) -> dict:  # workers reopen the files
+        return {**self.__dict__, "_records": None}
+
+    def __len__(self) -> int:
+        return self.num_files
+
+    def __getitem__(self, index: int) -> Video:
+        """The ``index``-th example (its frames are decoded on read)."""
+        where = f"{self._root}#{index}"
+        try:
+            example = self._open()[index]
+            frames = list(example["frames"])
+        except (KeyError, ValueError, TypeError, OSError) as e:
+            raise BadVideoError(where, f"bad example: {type(e).__name__}: {e}") from e
+        source = example.get("source", b"")
+        source = source.decode() if isinstance(source, bytes) else str(source)
+        return JpegVideo(frames, example.get("fps", DEFAULT_FPS), source or where)
+
+    def report(self) -> str:
+        """``videos: N examples of tfds:NAME[SPLIT]`` (one line)."""
+        return f"videos: {len(self)} examples of {self._root}"
+
+
+def open_tfds(name: str, split: str, data_dir: str | None, **decoders):
+    """``tfds.data_source`` over a prepared dataset, ``frames`` left encoded.
+
+    Never downloads or prepares (a missing dataset is an error here, not a
+    multi-hour job in a training process). ``decoders`` maps other image
+    features to leave encoded (``segmentations=True``).
+
+    Raises:
+      FileNotFoundError: the dataset is not prepared in ``data_dir``.
+    """
+    import tensorflow_datasets as tfds  # noqa: PLC0415 (heavy; only this route)
+
+    import siammae_jax.data.tfds  # noqa: F401, PLC0415 (registers the builders)
+
+    class Encoded(tfds.decode.SkipDecoding):
+        """SkipDecoding that also works with ``data_source`` (numpy) reads."""
+
+        def decode_batch_example_np(self, serialized):
+            return serialized
+
+    keep = {"frames": Encoded(), **{k: Encoded() for k, v in decoders.items() if v}}
+    where = data_dir or "the default data_dir"
+    missing = (
+        f"TFDS dataset {name!r} is not prepared in {where}: build it first "
+        f"(tfds build {name.split('/')[0]} --imports siammae_jax.data.tfds "
+        "--manual_dir DIR --data_dir DIR --file_format array_record)"
+    )
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError as e:
+        first = str(e).split("\n")[0]
+        raise FileNotFoundError(f"no TFDS dataset {name!r}: {first}") from e
+    except ValueError as e:  # a custom config (e.g. video_folder/s32) not built
+        raise FileNotFoundError(f"{missing}: {str(e).split(':')[0]}") from e
+    if not builder.is_prepared():
+        raise FileNotFoundError(missing)
+    return builder.as_data_source(split=split, decoders=keep)
+
+
 def infer_format(path: str | epath.Path) -> str:
     """Which of :data:`FORMATS` the dataset at ``path`` is in.
 
@@ -355,4 +455,6 @@ def open_source(
         )
     if format == "video":
         return VideoFolderSource(path, check=check, index_dir=index_dir)
+    if format == "tfds":
+        raise ValueError("format='tfds' reads a named dataset: use TfdsSource")
     return _SOURCES[format](path)

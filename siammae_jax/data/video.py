@@ -1,13 +1,14 @@
 """Videos with random frame access: the interface, frame folders, packed records.
 
 Every data source returns a :class:`Video`; ``video.read(indices)`` gives
-uint8 RGB frames ``[len(indices), H, W, 3]``. Three implementations:
+uint8 RGB frames ``[len(indices), H, W, 3]``. Three kinds:
 
 * :class:`~siammae_jax.data.video_file.VideoFile`: a container file decoded
   with PyAV, with a per-file frame index (see :mod:`siammae_jax.data.video_file`).
 * :class:`FrameFolder`: a folder of images, one per frame, decoded with Pillow.
 * :class:`PackedVideo`: one array_record record written by
-  :mod:`siammae_jax.data.prepare` (JPEG frames + metadata, msgpack).
+  :mod:`siammae_jax.data.prepare` (JPEG frames + metadata, msgpack);
+  :class:`JpegVideo`, its base, holds any encoded frames (a TFDS example's).
 
 Any failure to open, probe or read raises :class:`BadVideoError`; a wrong or
 stale frame is never returned in place of a requested one.
@@ -218,7 +219,37 @@ def encode_record(frames: Sequence[bytes], meta: dict[str, Any]) -> bytes:
     return msgpack.packb(record, use_bin_type=True)
 
 
-class PackedVideo(Video):
+class JpegVideo(Video):
+    """A video held as encoded frames in memory (JPEG or PNG bytes).
+
+    Args:
+      frames: the encoded frames, in order.
+      fps: frames per second.
+      path: a name for logs.
+
+    Raises:
+      BadVideoError: no frames.
+    """
+
+    def __init__(self, frames: Sequence[bytes], fps: float, path: str):
+        self._encoded = frames
+        self.path = path
+        self.num_frames = len(frames)
+        self.fps = float(fps)
+        if not self.num_frames:
+            raise BadVideoError(self.path, "no frames")
+
+    def read(self, indices: Sequence[int]) -> np.ndarray:
+        """See :meth:`Video.read`; decodes only the wanted frames."""
+        wanted = self._check_indices(indices)
+        decoded = {
+            i: _decode_image(f"{self.path}#frame{i}", self._encoded[i])
+            for i in set(wanted)
+        }
+        return _stack(self.path, [decoded[i] for i in wanted])
+
+
+class PackedVideo(JpegVideo):
     """A video packed by :mod:`siammae_jax.data.prepare` (one record).
 
     Args:
@@ -234,24 +265,12 @@ class PackedVideo(Video):
             data = msgpack.unpackb(record, raw=False)
             if data.get("format") != RECORD_FORMAT:
                 raise ValueError(f"format {data.get('format')!r} != {RECORD_FORMAT}")
-            self._jpegs = data.pop("frames")
+            jpegs = data.pop("frames")
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise BadVideoError(path or "<record>", f"bad record: {e}") from e
         self.meta = data
-        self.path = path or str(data.get("source", "<record>"))
-        self.num_frames = len(self._jpegs)
-        self.fps = float(data.get("fps", DEFAULT_FPS))
-        if not self.num_frames:
-            raise BadVideoError(self.path, "no frames")
-
-    def read(self, indices: Sequence[int]) -> np.ndarray:
-        """See :meth:`Video.read`; decodes only the wanted JPEGs."""
-        wanted = self._check_indices(indices)
-        decoded = {
-            i: _decode_image(f"{self.path}#frame{i}", self._jpegs[i])
-            for i in set(wanted)
-        }
-        return _stack(self.path, [decoded[i] for i in wanted])
+        path = path or str(data.get("source", "<record>"))
+        super().__init__(jpegs, data.get("fps", DEFAULT_FPS), path)
 
 
 def write_mp4(

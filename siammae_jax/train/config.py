@@ -13,7 +13,7 @@ from siammae_jax.models import definition
 from siammae_jax.train import mesh as mesh_lib
 from siammae_jax.train import optim
 
-FORMATS = ("", "video", "frames", "array_record", "synthetic")
+FORMATS = ("", "video", "frames", "array_record", "tfds", "synthetic")
 
 
 def sampler(config: ml_collections.ConfigDict) -> pairs.PairSampler:
@@ -80,6 +80,10 @@ def validate(
         (t.max_bad_steps > 0, f"train.max_bad_steps={t.max_bad_steps} must be > 0"),
         (config.checkpoint.every > 0, "checkpoint.every must be positive"),
         (config.data.format in FORMATS, f"data.format must be one of {FORMATS}"),
+        (
+            config.data.format != "tfds" or bool(config.data.get("tfds_name")),
+            "data.format=tfds needs data.tfds_name (e.g. video_folder)",
+        ),
         (
             config.data.get("check_videos", 0) >= 0,
             "data.check_videos must be >= 0",

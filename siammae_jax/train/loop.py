@@ -63,7 +63,12 @@ class Run:
 
 def open_data(
     config: ml_collections.ConfigDict, workdir: epath.Path
-) -> sources.VideoFolderSource | sources.FrameFolderSource | sources.ArrayRecordSource:
+) -> (
+    sources.VideoFolderSource
+    | sources.FrameFolderSource
+    | sources.ArrayRecordSource
+    | sources.TfdsSource
+):
     """The video source of ``config.data`` (the synthetic set is made on demand).
 
     Logs ``videos: N files, M usable, K skipped (see WORKDIR/skipped_videos.txt)``
@@ -91,6 +96,10 @@ def open_data(
             )
         mesh_lib.barrier("synthetic_data")
         source = sources.open_source(root / "frames", "frames")
+    elif d.format == "tfds":
+        source = sources.TfdsSource(
+            d.tfds_name, d.tfds_data_dir or None, d.get("tfds_split") or "train"
+        )
     else:
         source = sources.open_source(
             d.path, d.format or None, index_dir=d.get("index_dir") or None

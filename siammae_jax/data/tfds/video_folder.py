@@ -1,0 +1,195 @@
+"""``video_folder``: a TFDS builder over a folder tree of videos, prepared with Beam.
+
+The pre-training data as a named dataset (``tfds.data_source("video_folder",
+data_dir=DIR)``), built once into a shared ``data_dir`` (often ``gs://``) and
+read by grain without TensorFlow. The manual directory is a folder tree of video
+files (mp4, avi, webm, mkv, ...; other files are probed), like Kinetics' train
+split. Top-level folders named after splits (``train``, ``validation``,
+``test``) make those splits; otherwise every video goes to ``train``.
+
+One example per video: its frames decoded in order, resized to a short side of
+``config.short_side`` (256 by default, Pillow Lanczos) and JPEG-encoded (the
+same frames as ``python -m siammae_jax.data.prepare``), its frame rate, frame
+count, sizes and path relative to the manual directory (also the example key).
+
+Preparation is an Apache Beam pipeline: the DirectRunner on one machine,
+Dataflow, Flink or Spark across many workers::
+
+    tfds build video_folder --imports siammae_jax.data.tfds \\
+        --manual_dir DIR --data_dir OUT --file_format array_record \\
+        --beam_pipeline_options="runner=DirectRunner,direct_num_workers=2"
+
+A video that cannot be decoded never fails the build: it is counted in the Beam
+metric ``video_folder/videos_skipped`` (beside ``videos_written``), logged, and
+listed with its reason in ``skipped-<split>.json`` next to the dataset's files,
+together with the files that are not videos.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+import tensorflow_datasets as tfds
+from absl import logging
+from etils import epath
+
+from siammae_jax.data import prepare, sources
+from siammae_jax.data.video import BadVideoError
+
+SPLITS = ("train", "validation", "test")
+SKIPPED = "skipped-{split}.json"  # per split, in the dataset's folder
+METRICS = "video_folder"  # Beam metrics namespace
+
+_MANUAL = """\
+Put the videos (any folder tree of video files: mp4, avi, webm, mkv, ...) in the
+manual directory and pass it as --manual_dir. Top-level folders named train,
+validation or test become those splits; otherwise every video is in `train`.
+For Kinetics-400, the folder of the downloaded train videos works as it is.
+"""
+
+
+@dataclasses.dataclass
+class VideoFolderConfig(tfds.core.BuilderConfig):
+    """How the frames are stored.
+
+    Attributes:
+      short_side: frames are resized so their short side is this (0: as
+        decoded).
+      quality: JPEG quality.
+    """
+
+    short_side: int = 256
+    quality: int = 90
+
+
+class VideoFolder(tfds.core.GeneratorBasedBuilder):
+    """Videos of a folder tree as JPEG frame sequences (pre-training data)."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "First release."}
+    # One config, so `tfds build video_folder` prepares the data once; others
+    # by JSON: --config '{"name": "full", "short_side": 0}' (read back as
+    # video_folder/full).
+    BUILDER_CONFIGS = [
+        VideoFolderConfig(name="256", description="Short side 256 (the default)."),
+    ]
+    DEFAULT_CONFIG_NAME = "256"
+    MANUAL_DOWNLOAD_INSTRUCTIONS = _MANUAL
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return self.dataset_info_from_configs(
+            description=__doc__.split("\n")[0],
+            features=tfds.features.FeaturesDict(
+                {
+                    "frames": tfds.features.Sequence(
+                        tfds.features.Image(encoding_format="jpeg")
+                    ),
+                    "num_frames": np.int32,
+                    "fps": np.float32,
+                    "height": np.int32,
+                    "width": np.int32,
+                    "orig_height": np.int32,
+                    "orig_width": np.int32,
+                    "source": tfds.features.Text(),
+                }
+            ),
+            homepage="https://siamese-mae.github.io/",
+        )
+
+    def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+        root = epath.Path(dl_manager.manual_dir)
+        if not root.exists():
+            raise FileNotFoundError(f"--manual_dir {root} does not exist.\n{_MANUAL}")
+        named = [s for s in SPLITS if (root / s).is_dir()]
+        folders = {s: root / s for s in named} or {"train": root}
+        return {
+            split: self._generate_examples(root, folder, split)
+            for split, folder in folders.items()
+        }
+
+    def _generate_examples(self, root: epath.Path, folder: epath.Path, split: str):
+        beam = tfds.core.lazy_imports.apache_beam
+        videos, not_videos = sources.find_videos(folder)
+        if not videos:
+            raise ValueError(f"no video file under {folder}")
+        logging.info("video_folder/%s: %d videos under %s", split, len(videos), folder)
+        encode = _Encode(str(root), self.builder_config)
+        manifest = _Manifest(
+            str(self.data_path / SKIPPED.format(split=split)),
+            str(root),
+            split,
+            len(videos),
+            not_videos,
+        )
+
+        def expand(pipeline):
+            out = (
+                pipeline
+                | "list" >> beam.Create(videos)
+                | "spread" >> beam.Reshuffle()
+                | "encode"
+                >> beam.FlatMap(encode).with_outputs("skipped", main="examples")
+            )
+            _ = (
+                out.skipped
+                | "gather" >> beam.combiners.ToList()
+                | "manifest" >> beam.Map(manifest)
+            )
+            return out.examples
+
+        return beam.ptransform_fn(expand)()
+
+
+class _Encode:
+    """One video path -> ``(key, example)``, or a tagged ``skipped`` output."""
+
+    def __init__(self, root: str, config: VideoFolderConfig):
+        self.root = root
+        self.short_side = config.short_side or None
+        self.quality = config.quality
+
+    def __call__(self, path: str):
+        beam = tfds.core.lazy_imports.apache_beam
+        name = _relative(path, self.root)
+        try:
+            jpegs, meta = prepare.encode_video(
+                path, "video", self.short_side, self.quality
+            )
+        except BadVideoError as e:
+            logging.warning("video_folder: skipping %s: %s", name, e.reason)
+            beam.metrics.Metrics.counter(METRICS, "videos_skipped").inc()
+            yield beam.pvalue.TaggedOutput("skipped", (name, e.reason))
+            return
+        beam.metrics.Metrics.counter(METRICS, "videos_written").inc()
+        yield name, {"frames": jpegs, "num_frames": len(jpegs), "source": name, **meta}
+
+
+class _Manifest:
+    """Writes the split's ``skipped-<split>.json`` (one call, all skips)."""
+
+    def __init__(self, path, root, split, found, not_videos):
+        self.path, self.root, self.split = path, root, split
+        self.found = found
+        self.not_videos = [(_relative(p, root), r) for p, r in not_videos]
+
+    def __call__(self, skipped: list[tuple[str, str]]) -> None:
+        skipped = sorted(skipped)
+        report = {
+            "split": self.split,
+            "manual_dir": self.root,
+            "videos_found": self.found,
+            "videos_written": self.found - len(skipped),
+            "skipped": [{"path": p, "reason": r} for p, r in skipped],
+            "not_videos": [{"path": p, "reason": r} for p, r in self.not_videos],
+        }
+        path = epath.Path(self.path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=1) + "\n")
+
+
+def _relative(path: str, root: str) -> str:
+    """``path`` relative to ``root`` (local or ``gs://``), with ``/``."""
+    return os.path.relpath(path, root) if "://" not in root else path[len(root) + 1 :]
