@@ -355,12 +355,18 @@ class TfdsSource(_Source):
         return f"videos: {len(self)} examples of {self._root}"
 
 
-def open_tfds(name: str, split: str, data_dir: str | None, **decoders):
-    """``tfds.data_source`` over a prepared dataset, ``frames`` left encoded.
+def open_tfds(name: str, split: str, data_dir: str | None, encoded: dict | None = None):
+    """``tfds.data_source`` over a prepared dataset, some images left encoded.
 
     Never downloads or prepares (a missing dataset is an error here, not a
-    multi-hour job in a training process). ``decoders`` maps other image
-    features to leave encoded (``segmentations=True``).
+    multi-hour job in a training process).
+
+    Args:
+      name: ``NAME[/CONFIG][:VERSION]``.
+      split: the split.
+      data_dir: where it was built (None: TFDS's default).
+      encoded: the features to leave as their encoded bytes, a tree of
+        ``True`` leaves (default ``{"frames": True}``); the rest is decoded.
 
     Raises:
       FileNotFoundError: the dataset is not prepared in ``data_dir``.
@@ -375,7 +381,12 @@ def open_tfds(name: str, split: str, data_dir: str | None, **decoders):
         def decode_batch_example_np(self, serialized):
             return serialized
 
-    keep = {"frames": Encoded(), **{k: Encoded() for k, v in decoders.items() if v}}
+    def leaves(tree):
+        return {
+            k: leaves(v) if isinstance(v, dict) else Encoded() for k, v in tree.items()
+        }
+
+    keep = leaves({"frames": True} if encoded is None else encoded)
     where = data_dir or "the default data_dir"
     missing = (
         f"TFDS dataset {name!r} is not prepared in {where}: build it first "

@@ -2,7 +2,8 @@
 
     python -m siammae_jax.eval davis|jhmdb|vip \
         (--weights PATH | --checkpoint WORKDIR_OR_STEP_DIR | --random SIZE) \
-        --data ROOT --out DIR [--weights_variant S/16] [--config.davis.topk=7 ...]
+        --data ROOT|tfds:NAME --out DIR [--tfds_data_dir DIR] \
+        [--weights_variant S/16] [--config.davis.topk=7 ...]
     python -m siammae_jax.eval score-davis --data DAVIS_ROOT --results DIR [--set val]
     python -m siammae_jax.eval attention (--checkpoint DIR | --random SIZE) \
         --video VIDEO_OR_FRAMES --out DIR [--short_side 480]
@@ -23,7 +24,7 @@ from ml_collections import config_flags
 
 from siammae_jax import weights
 from siammae_jax.data import video
-from siammae_jax.eval import attention, davis_score, encoder, tasks
+from siammae_jax.eval import attention, davis_score, encoder, tasks, tfds_layout
 from siammae_jax.eval import config as eval_config
 
 _CONFIG = config_flags.DEFINE_config_dict("config", eval_config.get_config())
@@ -41,7 +42,15 @@ _WEIGHTS_VARIANT = flags.DEFINE_string(
     "weights_variant", None, "--weights size, e.g. S/16 (default: from the shapes)."
 )
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", 224, "Grid of a --random encoder.")
-_DATA = flags.DEFINE_string("data", None, "Benchmark root (official layout).")
+_DATA = flags.DEFINE_string(
+    "data",
+    None,
+    "Benchmark root (official layout), or tfds:NAME: a prepared TFDS dataset "
+    "(davis/480p, jhmdb, vip), written once under --out in that layout.",
+)
+_TFDS_DATA_DIR = flags.DEFINE_string(
+    "tfds_data_dir", None, "--data tfds:NAME: the TFDS data_dir (default: TFDS's)."
+)
 _OUT = flags.DEFINE_string("out", None, "Output folder for predictions and scores.")
 _RESULTS = flags.DEFINE_string("results", None, "score-davis: results folder.")
 _SET = flags.DEFINE_string("set", "val", "score-davis: ImageSets/2017 set name.")
@@ -103,11 +112,20 @@ def main(argv: list[str]) -> None:
     config = _CONFIG.value
     out = epath.Path(_OUT.value)
     out.mkdir(parents=True, exist_ok=True)
+    data = _DATA.value
+    if tfds_layout.is_tfds(data):
+        try:
+            data = tfds_layout.materialize(
+                command, data, _TFDS_DATA_DIR.value, out, config[command]
+            )
+        except (FileNotFoundError, ValueError) as e:
+            sys.exit(f"error: cannot read --data {_DATA.value}: {e}")
     extract = encoder.FeatureExtractor(model, batch_size=config.batch_size)
     scores = tasks.RUNNERS[command](
-        extract, model.patch, _DATA.value, out, config[command], config.overlays
+        extract, model.patch, data, out, config[command], config.overlays
     )
     summary = {"task": command, "encoder": name, "scores": scores}
+    summary["data"] = _DATA.value
     summary["config"] = config[command].to_dict()
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     _print_table(f"{command}: {name}", scores)

@@ -37,6 +37,7 @@ from absl import logging
 from etils import epath
 
 from siammae_jax.data import prepare, sources
+from siammae_jax.data.tfds import common
 from siammae_jax.data.video import BadVideoError
 
 SPLITS = ("train", "validation", "test")
@@ -65,7 +66,7 @@ class VideoFolderConfig(tfds.core.BuilderConfig):
     quality: int = 90
 
 
-class VideoFolder(tfds.core.GeneratorBasedBuilder):
+class VideoFolder(common.ArrayRecordBuilder):
     """Videos of a folder tree as JPEG frame sequences (pre-training data)."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -100,9 +101,7 @@ class VideoFolder(tfds.core.GeneratorBasedBuilder):
         )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-        root = epath.Path(dl_manager.manual_dir)
-        if not root.exists():
-            raise FileNotFoundError(f"--manual_dir {root} does not exist.\n{_MANUAL}")
+        root = common.manual_root(dl_manager, _MANUAL)
         named = [s for s in SPLITS if (root / s).is_dir()]
         folders = {s: root / s for s in named} or {"train": root}
         return {

@@ -1,0 +1,24 @@
+"""What the package's TFDS builders share: the array_record default, the
+manual directory's check."""
+
+from __future__ import annotations
+
+import tensorflow_datasets as tfds
+from etils import epath
+
+FILE_FORMAT = "array_record"  # random access: tfds.data_source and grain
+
+
+class ArrayRecordBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """A builder that writes array_record files unless told another format."""
+
+    def __init__(self, *, file_format=None, **kwargs):
+        super().__init__(file_format=file_format or FILE_FORMAT, **kwargs)
+
+
+def manual_root(dl_manager: tfds.download.DownloadManager, instructions: str):
+    """The manual directory, or FileNotFoundError with the instructions."""
+    root = epath.Path(dl_manager.manual_dir)
+    if not root.exists():
+        raise FileNotFoundError(f"--manual_dir {root} does not exist.\n{instructions}")
+    return root
