@@ -7,8 +7,10 @@ Usage: python benchmarks/data_throughput.py [--videos 16] [--frames 60]
 Renders ``--videos`` synthetic videos (``siammae_jax.data.synthetic``) at 256p
 (256x448) and writes them as H.264 mp4 at two GOP lengths (30 and the
 synthetic default 12), as frame folders (JPEG quality 95), as array_record
-(``prepare(..., short_side=256)`` of the GOP-30 mp4s, JPEG quality 90) and in
-the other containers of ``--kinds`` (:data:`KINDS`, GOP 30). Then, for each
+(``prepare(..., short_side=256)`` of the GOP-30 mp4s, JPEG quality 90), as
+the ``video_folder`` TFDS dataset of the same mp4s (same frames; Beam
+DirectRunner) and in the other containers of ``--kinds`` (:data:`KINDS`, GOP
+30). Both packings are timed with ``--prep_workers`` processes (videos/s). Then, for each
 source, with ``PairSampler(size=224, repeats=2)``:
 
 * ``map``: the per-video map alone in this process (``sampler(source[i], rng)``,
@@ -50,6 +52,7 @@ FPS = synthetic.FPS
 CRF = 15  # as synthetic.write_dataset; only the GOP differs between the mp4s
 JPEG_QUALITY = synthetic.JPEG_QUALITY
 TARGETS = {"array_record": 100.0, "mp4": 25.0}  # pairs/s/core, from issue 4
+TARGETS["tfds"] = TARGETS["array_record"]  # issue 18: as fast as prepare's
 # Other containers: name -> (suffix, codec, container format, encoder options).
 KINDS = {
     "avi_mpeg4": (".avi", "mpeg4", None, {"qscale": "3"}),
@@ -106,13 +109,38 @@ def make_data(workdir: Path, videos: int, frames: int, size, gops, kinds) -> dic
                 folder / f"{t:05d}.jpg", format="JPEG", quality=JPEG_QUALITY
             )
     paths["array_record"] = workdir / "array_record"
-    prepare.prepare(
-        paths[f"mp4_gop{max(gops)}"],
-        paths["array_record"],
-        short_side=256,
-        progress=False,
-    )
+    paths["tfds"] = workdir / "tfds"
     return paths
+
+
+def prepare_both(paths: dict, gops, workers: int = 2) -> dict:
+    """Packs the GOP-30 mp4s both ways, ``workers`` processes each: ``prepare``
+    into array_record, and the ``video_folder`` TFDS builder (Beam
+    DirectRunner, multi-processing), into TFDS's array_record. Same frames
+    (short side 256, JPEG quality 90). Returns the seconds of each."""
+    import tensorflow_datasets as tfds
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    import siammae_jax.data.tfds  # noqa: F401 (registers video_folder)
+
+    videos = paths[f"mp4_gop{max(gops)}"]
+    start = time.perf_counter()
+    prepare.prepare(
+        videos, paths["array_record"], short_side=256, workers=workers, progress=False
+    )
+    prepare_s = time.perf_counter() - start
+    options = PipelineOptions(
+        runner="DirectRunner",
+        direct_num_workers=workers,
+        direct_running_mode="multi_processing",
+    )
+    start = time.perf_counter()
+    tfds.builder("video_folder", data_dir=str(paths["tfds"])).download_and_prepare(
+        download_config=tfds.download.DownloadConfig(
+            manual_dir=str(videos), beam_options=options
+        )
+    )
+    return {"prepare": prepare_s, "tfds_beam": time.perf_counter() - start}
 
 
 def _bytes(path: Path) -> int:
@@ -128,6 +156,8 @@ def open_sources(paths: dict) -> dict:
             out[name] = sources.VideoFolderSource(path)
         elif name == "frames":
             out[name] = sources.FrameFolderSource(path)
+        elif name == "tfds":
+            out[name] = sources.TfdsSource("video_folder", str(path))
         else:
             out[name] = sources.ArrayRecordSource(path)
     return out
@@ -239,6 +269,21 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def table_prep(prep: dict, videos: int, workers: int) -> str:
+    """Preparation speed of the two packings, one row each."""
+    lines = [
+        f"| packing ({videos} videos, {workers} processes) | seconds | videos/s |",
+        "|---|---:|---:|",
+    ]
+    names = {
+        "prepare": "`prepare --workers` (array_record shards)",
+        "tfds_beam": "`video_folder` TFDS builder, Beam DirectRunner",
+    }
+    for key, seconds in prep.items():
+        lines.append(f"| {names[key]} | {seconds:.1f} | {videos / seconds:.2f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--videos", type=int, default=16)
@@ -250,6 +295,9 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32, help="pairs per pipeline batch")
     p.add_argument("--records", type=int, default=1024, help="pipeline data set size")
     p.add_argument("--workdir", type=Path, help="data folder (default: a temp dir)")
+    p.add_argument(
+        "--prep_workers", type=int, default=2, help="processes of both preparations"
+    )
     p.add_argument(
         "--kinds", default=",".join(KINDS), help="other containers ('' for none)"
     )
@@ -268,6 +316,8 @@ def main() -> None:
         workdir = args.workdir or Path(tmp)
         start = time.perf_counter()
         paths = make_data(workdir, args.videos, args.frames, size, gops, kinds)
+        prep = prepare_both(paths, gops, args.prep_workers)
+        print(table_prep(prep, args.videos, args.prep_workers), flush=True)
         setup_s = time.perf_counter() - start
         result = {
             "config": dict(
@@ -292,6 +342,7 @@ def main() -> None:
                 "python": platform.python_version(),
             },
             "sources": {},
+            "preparation_s": {k: round(v, 2) for k, v in prep.items()},
         }
         for name, source in open_sources(paths).items():
             mib = _bytes(paths[name]) / 2**20 / args.videos
