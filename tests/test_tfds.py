@@ -13,6 +13,7 @@ import sys
 import numpy as np
 import pytest
 from conftest import TFDS_VIDEOS
+from etils import epath
 from PIL import Image
 
 from configs import siammae as siammae_config
@@ -132,3 +133,33 @@ def test_missing_dataset_and_config_errors(tmp_path):
     config.data.format = "tfds"
     with pytest.raises(ValueError, match="data.tfds_name"):
         config_lib.validate(config, num_devices=1, num_hosts=1)
+
+
+def test_beam_counts_written_and_skipped_videos(tfds_videos, tmp_path):
+    """The split's Beam graph on its own: the metrics count what the build
+    wrote and skipped, and the examples are the readable videos."""
+    import apache_beam as beam
+    from apache_beam.metrics.metric import MetricsFilter
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from siammae_jax.data.tfds import video_folder
+
+    _, manual = tfds_videos
+    videos, not_videos = sources.find_videos(epath.Path(manual))
+    pipeline = beam.Pipeline(runner="DirectRunner")
+    examples = pipeline | beam.ptransform_fn(video_folder.encode_videos)(
+        videos, not_videos, str(manual), "train", str(tmp_path / "skipped.json"), 32, 90
+    )
+    keys = examples | beam.Map(lambda kv: (kv[0], kv[1]["num_frames"]))
+    assert_that(keys, equal_to([(f"synth_{i:04d}.mp4", 12) for i in range(8)]))
+    result = pipeline.run()
+    result.wait_until_finish()
+    counters = {
+        c.key.metric.name: c.committed
+        for c in result.metrics().query(MetricsFilter().with_namespace("video_folder"))[
+            "counters"
+        ]
+    }
+    assert counters == {"videos_written": 8, "videos_skipped": 2}
+    report = json.loads((tmp_path / "skipped.json").read_text())
+    assert [s["path"] for s in report["skipped"]] == ["broken.mp4", "empty.mp4"]

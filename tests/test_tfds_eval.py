@@ -141,3 +141,28 @@ def test_cli_reports_a_missing_tfds_dataset(tmp_path):
     assert "error: cannot read --data tfds:vip: TFDS dataset 'vip' is not prepared" in (
         proc.stderr
     )
+
+
+def test_jhmdb_and_vip_features_as_decoded_by_tfds(built):
+    """TFDS's own decoding of the package's builders gives the evaluators'
+    reading of the layout they were built from."""
+    import tensorflow_datasets as tfds
+
+    from siammae_jax.eval import jhmdb, vip
+
+    synth, data_dir = built
+    ds = tfds.data_source("jhmdb", split="test", data_dir=str(data_dir))
+    assert len(ds) == 3
+    for ex in (ds[i] for i in range(len(ds))):
+        want = jhmdb.load_video(
+            synth / "JHMDB", ex["class"].decode(), ex["video"].decode()
+        )
+        np.testing.assert_array_equal(np.stack(ex["frames"]), want.frames)
+        np.testing.assert_array_equal(ex["joints"], want.joints)
+    ds = tfds.data_source("vip", split="validation", data_dir=str(data_dir))
+    assert len(ds) == 3
+    for ex in (ds[i] for i in range(len(ds))):
+        want = vip.load_video(synth / "VIP", ex["video"].decode())
+        assert [n.decode() for n in ex["frame_names"]] == want.frame_names
+        np.testing.assert_array_equal(np.stack(ex["frames"]), want.frames)
+        np.testing.assert_array_equal(np.stack(ex["labels"])[..., 0], want.labels)

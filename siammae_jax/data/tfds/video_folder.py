@@ -110,45 +110,58 @@ class VideoFolder(common.ArrayRecordBuilder):
         }
 
     def _generate_examples(self, root: epath.Path, folder: epath.Path, split: str):
-        beam = tfds.core.lazy_imports.apache_beam
         videos, not_videos = sources.find_videos(folder)
         if not videos:
             raise ValueError(f"no video file under {folder}")
         logging.info("video_folder/%s: %d videos under %s", split, len(videos), folder)
-        encode = _Encode(str(root), self.builder_config)
-        manifest = _Manifest(
-            str(self.data_path / SKIPPED.format(split=split)),
-            str(root),
-            split,
-            len(videos),
-            not_videos,
+        config = self.builder_config
+        skipped = self.data_path / SKIPPED.format(split=split)
+        return tfds.core.lazy_imports.apache_beam.ptransform_fn(encode_videos)(
+            videos, not_videos, str(root), split, str(skipped),
+            config.short_side or None, config.quality,
+        )  # fmt: skip
+
+
+def encode_videos(
+    pipeline,
+    videos: list[str],
+    not_videos: list[tuple[str, str]],
+    root: str,
+    split: str,
+    skipped_path: str,
+    short_side: int | None,
+    quality: int,
+):
+    """The Beam graph of one split: video paths -> ``(key, example)``.
+
+    Videos are spread over the workers, decoded and encoded
+    (:func:`~siammae_jax.data.prepare.encode_video`); the unreadable ones go
+    to a side output, gathered into ``skipped_path`` (JSON) at the end.
+    """
+    beam = tfds.core.lazy_imports.apache_beam
+    out = (
+        pipeline
+        | "list" >> beam.Create(videos)
+        | "spread" >> beam.Reshuffle()
+        | "encode"
+        >> beam.FlatMap(_Encode(root, short_side, quality)).with_outputs(
+            "skipped", main="examples"
         )
-
-        def expand(pipeline):
-            out = (
-                pipeline
-                | "list" >> beam.Create(videos)
-                | "spread" >> beam.Reshuffle()
-                | "encode"
-                >> beam.FlatMap(encode).with_outputs("skipped", main="examples")
-            )
-            _ = (
-                out.skipped
-                | "gather" >> beam.combiners.ToList()
-                | "manifest" >> beam.Map(manifest)
-            )
-            return out.examples
-
-        return beam.ptransform_fn(expand)()
+    )
+    manifest = _Manifest(skipped_path, root, split, len(videos), not_videos)
+    _ = (
+        out.skipped
+        | "gather" >> beam.combiners.ToList()
+        | "manifest" >> beam.Map(manifest)
+    )
+    return out.examples
 
 
 class _Encode:
     """One video path -> ``(key, example)``, or a tagged ``skipped`` output."""
 
-    def __init__(self, root: str, config: VideoFolderConfig):
-        self.root = root
-        self.short_side = config.short_side or None
-        self.quality = config.quality
+    def __init__(self, root: str, short_side: int | None, quality: int):
+        self.root, self.short_side, self.quality = root, short_side, quality
 
     def __call__(self, path: str):
         beam = tfds.core.lazy_imports.apache_beam
