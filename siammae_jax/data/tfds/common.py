@@ -10,10 +10,28 @@ FILE_FORMAT = "array_record"  # random access: tfds.data_source and grain
 
 
 class ArrayRecordBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-    """A builder that writes array_record files unless told another format."""
+    """A builder that writes array_record files unless told another format.
+
+    Subclasses give ``_features()`` (the ``FeaturesDict`` contents) and
+    ``HOMEPAGE``; the description is the first line of their docstring.
+    """
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "First release."}
+    HOMEPAGE = ""
 
     def __init__(self, *, file_format=None, **kwargs):
         super().__init__(file_format=file_format or FILE_FORMAT, **kwargs)
+
+    def _features(self) -> dict:
+        raise NotImplementedError
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return self.dataset_info_from_configs(
+            description=(self.__doc__ or "").split("\n")[0],
+            features=tfds.features.FeaturesDict(self._features()),
+            homepage=self.HOMEPAGE,
+        )
 
 
 def manual_root(dl_manager: tfds.download.DownloadManager, instructions: str):

@@ -55,29 +55,22 @@ def _videos(root: epath.Path, split: int) -> dict[str, list[tuple[str, str]]]:
 class Jhmdb(common.ArrayRecordBuilder):
     """JHMDB videos with their 15 joints per frame (official layout)."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First release."}
     BUILDER_CONFIGS = [JhmdbConfig(name="split1", description="Official split 1.")]
     DEFAULT_CONFIG_NAME = "split1"
     MANUAL_DOWNLOAD_INSTRUCTIONS = _MANUAL
+    HOMEPAGE = "http://jhmdb.is.tue.mpg.de/"
 
-    def _info(self) -> tfds.core.DatasetInfo:
-        return self.dataset_info_from_configs(
-            description=__doc__.split("\n")[0],
-            features=tfds.features.FeaturesDict(
-                {
-                    "frames": tfds.features.Sequence(
-                        tfds.features.Image(encoding_format="png")
-                    ),
-                    "joints": tfds.features.Tensor(
-                        shape=(None, jhmdb.NUM_JOINTS, 2), dtype=np.float64
-                    ),
-                    "class": tfds.features.Text(),
-                    "video": tfds.features.Text(),
-                }
+    def _features(self) -> dict:
+        return {
+            "frames": tfds.features.Sequence(
+                tfds.features.Image(encoding_format="png")
             ),
-            homepage="http://jhmdb.is.tue.mpg.de/",
-        )
+            "joints": tfds.features.Tensor(
+                shape=(None, jhmdb.NUM_JOINTS, 2), dtype=np.float64
+            ),
+            "class": tfds.features.Text(),
+            "video": tfds.features.Text(),
+        }
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         root = common.manual_root(dl_manager, _MANUAL)

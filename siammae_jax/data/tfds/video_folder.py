@@ -69,8 +69,6 @@ class VideoFolderConfig(tfds.core.BuilderConfig):
 class VideoFolder(common.ArrayRecordBuilder):
     """Videos of a folder tree as JPEG frame sequences (pre-training data)."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First release."}
     # One config, so `tfds build video_folder` prepares the data once; others
     # by JSON: --config '{"name": "full", "short_side": 0}' (read back as
     # video_folder/full).
@@ -79,26 +77,21 @@ class VideoFolder(common.ArrayRecordBuilder):
     ]
     DEFAULT_CONFIG_NAME = "256"
     MANUAL_DOWNLOAD_INSTRUCTIONS = _MANUAL
+    HOMEPAGE = "https://siamese-mae.github.io/"
 
-    def _info(self) -> tfds.core.DatasetInfo:
-        return self.dataset_info_from_configs(
-            description=__doc__.split("\n")[0],
-            features=tfds.features.FeaturesDict(
-                {
-                    "frames": tfds.features.Sequence(
-                        tfds.features.Image(encoding_format="jpeg")
-                    ),
-                    "num_frames": np.int32,
-                    "fps": np.float32,
-                    "height": np.int32,
-                    "width": np.int32,
-                    "orig_height": np.int32,
-                    "orig_width": np.int32,
-                    "source": tfds.features.Text(),
-                }
+    def _features(self) -> dict:
+        return {
+            "frames": tfds.features.Sequence(
+                tfds.features.Image(encoding_format="jpeg")
             ),
-            homepage="https://siamese-mae.github.io/",
-        )
+            "num_frames": np.int32,
+            "fps": np.float32,
+            "height": np.int32,
+            "width": np.int32,
+            "orig_height": np.int32,
+            "orig_width": np.int32,
+            "source": tfds.features.Text(),
+        }
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         root = common.manual_root(dl_manager, _MANUAL)

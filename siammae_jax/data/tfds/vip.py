@@ -40,29 +40,20 @@ def _png(label: np.ndarray) -> bytes:
 class Vip(common.ArrayRecordBuilder):
     """VIP videos with their part labels per frame (official layout)."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First release."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = _MANUAL
+    HOMEPAGE = "https://github.com/HCPLab-SYSU/ATEN"
 
-    def _info(self) -> tfds.core.DatasetInfo:
-        return self.dataset_info_from_configs(
-            description=__doc__.split("\n")[0],
-            features=tfds.features.FeaturesDict(
-                {
-                    "frames": tfds.features.Sequence(
-                        tfds.features.Image(encoding_format="jpeg")
-                    ),
-                    "labels": tfds.features.Sequence(
-                        tfds.features.Image(
-                            shape=(None, None, 1), encoding_format="png"
-                        )
-                    ),
-                    "frame_names": tfds.features.Sequence(tfds.features.Text()),
-                    "video": tfds.features.Text(),
-                }
+    def _features(self) -> dict:
+        return {
+            "frames": tfds.features.Sequence(
+                tfds.features.Image(encoding_format="jpeg")
             ),
-            homepage="https://github.com/HCPLab-SYSU/ATEN",
-        )
+            "labels": tfds.features.Sequence(
+                tfds.features.Image(shape=(None, None, 1), encoding_format="png")
+            ),
+            "frame_names": tfds.features.Sequence(tfds.features.Text()),
+            "video": tfds.features.Text(),
+        }
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         root = common.manual_root(dl_manager, _MANUAL)
