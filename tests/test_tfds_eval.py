@@ -1,6 +1,7 @@
 """The evaluators through TFDS (issue 18): the package's ``jhmdb`` and ``vip``
-builders and the TFDS catalog's ``davis`` builder, built from one synthetic
-set, score exactly as that set's folder layouts.
+builders (Beam DirectRunner, two workers) and the TFDS catalog's ``davis``
+builder, built from one synthetic set, score exactly as that set's folder
+layouts.
 
 The catalog's ``davis/480p`` is built by its own code and feature spec: only
 its download is replaced by the synthetic DAVIS folder (the layout of the zip
@@ -41,9 +42,13 @@ def built(tmp_path_factory):
     data_dir = root / "tfds"
     # The catalog builder needs a non-empty train split too.
     (root / "synth/DAVIS/ImageSets/2017/train.txt").write_text("synth_0000\n")
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    beam = PipelineOptions(runner="DirectRunner", direct_num_workers=2,
+                           direct_running_mode="multi_threading")  # fmt: skip
     for name in ("jhmdb", "vip"):
         config = tfds.download.DownloadConfig(
-            manual_dir=str(root / "synth" / FOLDERS[name])
+            manual_dir=str(root / "synth" / FOLDERS[name]), beam_options=beam
         )
         tfds.builder(name, data_dir=str(data_dir)).download_and_prepare(
             download_config=config

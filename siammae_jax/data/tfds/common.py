@@ -1,5 +1,5 @@
 """What the package's TFDS builders share: the array_record default, the
-manual directory's check."""
+manual directory's check, the Beam map over a split's items."""
 
 from __future__ import annotations
 
@@ -40,3 +40,19 @@ def manual_root(dl_manager: tfds.download.DownloadManager, instructions: str):
     if not root.exists():
         raise FileNotFoundError(f"--manual_dir {root} does not exist.\n{instructions}")
     return root
+
+
+def beam_map(items: list, fn):
+    """A Beam transform for ``_generate_examples``: ``items`` spread over the
+    workers, each mapped by ``fn`` (picklable) to one ``(key, example)``."""
+    beam = tfds.core.lazy_imports.apache_beam
+
+    def expand(pipeline):
+        return (
+            pipeline
+            | "list" >> beam.Create(items)
+            | "spread" >> beam.Reshuffle()
+            | "read" >> beam.Map(fn)
+        )
+
+    return beam.ptransform_fn(expand)()

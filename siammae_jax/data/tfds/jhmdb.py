@@ -9,13 +9,16 @@ The manual directory is the ``JHMDB`` folder the evaluator reads
 One example per video (key ``<class>/<video>``): the frames as their PNG
 files' bytes, the 15 ground-truth joints per frame as 0-based (x, y) pixel
 coordinates (``pos_img - 1``, the evaluator's convention), the class and the
-video name. A video with a missing frame or joint file fails the build with
-the evaluator's message: a benchmark is complete or not scored.
+video name. Prepared with Apache Beam (one video per element), like
+``video_folder``. A video with a missing frame or joint file fails the build
+with the evaluator's message: a benchmark is complete or not scored, never
+scored on a silent subset.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -81,18 +84,21 @@ class Jhmdb(common.ArrayRecordBuilder):
         }
 
     def _generate_examples(self, root: epath.Path, pairs: list[tuple[str, str]]):
-        for cls, video in pairs:
-            # The evaluator's reading checks: every frame, the joints' shape.
-            paths = jhmdb._frame_paths(root / "Rename_Images" / cls / video)
-            joints = jhmdb._read_pos_img(
-                root / "joint_positions" / cls / video / jhmdb.MAT_NAME, len(paths)
-            )
-            yield (
-                f"{cls}/{video}",
-                {
-                    "frames": [p.read_bytes() for p in paths],
-                    "joints": joints,
-                    "class": cls,
-                    "video": video,
-                },
-            )
+        return common.beam_map(pairs, functools.partial(_example, root))
+
+
+def _example(root: epath.Path, pair: tuple[str, str]) -> tuple[str, dict]:
+    """``(key, example)`` of one video, with the evaluator's reading checks
+    (every frame present, joints of the right shape)."""
+    cls, video = pair
+    paths = jhmdb._frame_paths(root / "Rename_Images" / cls / video)
+    joints = jhmdb._read_pos_img(
+        root / "joint_positions" / cls / video / jhmdb.MAT_NAME, len(paths)
+    )
+    example = {
+        "frames": [p.read_bytes() for p in paths],
+        "joints": joints,
+        "class": cls,
+        "video": video,
+    }
+    return f"{cls}/{video}", example

@@ -7,13 +7,15 @@ The manual directory is the ``VIP`` folder the evaluator reads
 
 One example per video (key: its name): the frames as their JPEG files' bytes,
 the part labels (class 0..19 per pixel, 255 void) as single-channel PNGs, the
-frame names and the video name. A frame without its annotation (or the
-reverse), a size mismatch or an out-of-range class fails the build with the
-evaluator's message.
+frame names and the video name. Prepared with Apache Beam (one video per
+element). A frame without its annotation (or the reverse), a size mismatch or
+an out-of-range class fails the build with the evaluator's message: a benchmark
+is complete or not scored.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 
 import numpy as np
@@ -71,18 +73,19 @@ class Vip(common.ArrayRecordBuilder):
         return splits
 
     def _generate_examples(self, root: epath.Path, videos: list[str]):
-        for name in videos:
-            video = vip.load_video(root, name)  # the evaluator's checks
-            images = root / "Images" / name
-            yield (
-                name,
-                {
-                    "frames": [
-                        (images / f"{f}{vip.IMAGE_SUFFIX}").read_bytes()
-                        for f in video.frame_names
-                    ],
-                    "labels": [_png(label) for label in video.labels],
-                    "frame_names": video.frame_names,
-                    "video": name,
-                },
-            )
+        return common.beam_map(videos, functools.partial(_example, root))
+
+
+def _example(root: epath.Path, name: str) -> tuple[str, dict]:
+    """``(key, example)`` of one video, with the evaluator's reading checks."""
+    video = vip.load_video(root, name)
+    images = root / "Images" / name
+    example = {
+        "frames": [
+            (images / f"{f}{vip.IMAGE_SUFFIX}").read_bytes() for f in video.frame_names
+        ],
+        "labels": [_png(label) for label in video.labels],
+        "frame_names": video.frame_names,
+        "video": name,
+    }
+    return name, example
