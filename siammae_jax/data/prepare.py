@@ -21,6 +21,11 @@ manifest lists as complete, so a crashed run resumes where it stopped. Bad
 videos, and files that are not videos, are skipped; their paths and reasons go
 to the manifest (``skipped``; the latter also under ``not_videos``) and the
 final report.
+
+The ``video_folder`` TFDS builder (:mod:`siammae_jax.data.tfds.video_folder`)
+stores the same frames (:func:`encode_video`) as a named TFDS dataset,
+prepared by Apache Beam on any number of workers; both stay (BENCHMARKS.md,
+issue 18: reading it is ~5% slower, and Beam's start-up dominates small jobs).
 """
 
 from __future__ import annotations
