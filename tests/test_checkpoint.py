@@ -66,7 +66,12 @@ def test_model_changes_name_what_blocks_a_resume():
     assert loop.model_changes(saved, {**saved, "dtype": "bfloat16"}) == []
     # JSON turned the saved tuples into lists: not a change.
     assert loop.model_changes({"size": [64, 64]}, {"size": (64, 64)}) == []
-    assert loop.model_changes({}, {"mask_ratio": 0.9}) == ["mask_ratio: None -> 0.9"]
+    # A field the checkpoint predates counts as the model's default for it.
+    assert loop.model_changes({}, {"mask_ratio": 0.95, "attention": "xla"}) == []
+    assert loop.model_changes({}, {"mask_ratio": 0.9}) == [
+        "mask_ratio: 0.95 (the default; not saved) -> 0.9"
+    ]
+    assert loop.model_changes({}, {"nonsense": 1}) == ["nonsense: None -> 1"]
 
 
 def _save_steps(ckpt, steps, *, force=False):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import json
 import signal
 import time
@@ -205,12 +206,28 @@ def _log_memory(abstract: state_lib.TrainState, memory) -> None:
 
 def model_changes(saved: dict, now: dict) -> list[str]:
     """``field: saved -> now`` for every model field that differs, except the
-    compute dtype (parameters are float32 either way)."""
+    compute dtype (parameters are float32 either way).
+
+    A field the saved config lacks (written before the field existed) counts
+    as the model's default for it, which is how that checkpoint was trained.
+    """
     saved, now = json.loads(json.dumps(saved)), json.loads(json.dumps(now))
+    params = inspect.signature(SiamMAE.__init__).parameters
+    defaults = {
+        k: json.loads(json.dumps(p.default))
+        for k, p in params.items()
+        if k not in saved and isinstance(p.default, (bool, int, float, str, tuple))
+    }
+
+    def was(k):
+        if k in saved:
+            return repr(saved[k])
+        return f"{defaults[k]!r} (the default; not saved)" if k in defaults else "None"
+
     return [
-        f"{k}: {saved.get(k)!r} -> {now.get(k)!r}"
+        f"{k}: {was(k)} -> {now.get(k)!r}"
         for k in sorted(set(saved) | set(now))
-        if k != "dtype" and saved.get(k) != now.get(k)
+        if k != "dtype" and saved.get(k, defaults.get(k)) != now.get(k)
     ]
 
 
