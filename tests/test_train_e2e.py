@@ -287,6 +287,7 @@ def test_exact_resume_after_signal(tmp_path, data_dir, straight, sig):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # three training processes (~70-90 s): `make test-slow`, in CI
 def test_tfds_source_trains_and_resumes_exactly(tmp_path, tfds_videos):
     """data.format=tfds (the video_folder build of conftest): a run killed
     after checkpoint 4 and resumed equals a straight run."""
