@@ -28,27 +28,28 @@ MASKED_MARGIN = 0.6  # above chance, last decoder block, masked f2 patches
 VISIBLE_MARGIN = 0.4  # above chance, last decoder block, visible f2 patches
 
 
-@pytest.mark.slow
-def test_tiny_pretraining_learns_to_copy_from_the_right_place(tmp_path):
+def _train(workdir, config: str, *flags: str, timeout: int = 900) -> list[dict]:
+    """One ``siammae_jax.main`` run of ``configs/siammae.py:CONFIG`` on one
+    device, no pictures; its ``metrics.jsonl`` rows."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one device
     subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "siammae_jax.main",
-            f"--workdir={tmp_path}",
-            "--config=configs/siammae.py:tiny",
-            f"--config.train.steps={STEPS}",
-            f"--config.train.measure_every={STEPS}",
-            "--config.train.image_every=0",
-            f"--config.checkpoint.every={STEPS}",
-        ],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        timeout=900,
+        [sys.executable, "-m", "siammae_jax.main", f"--workdir={workdir}",
+         f"--config=configs/siammae.py:{config}", "--config.train.image_every=0",
+         *flags],
+        cwd=ROOT, env=env, check=True, timeout=timeout,
+    )  # fmt: skip
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").open()]
+
+
+@pytest.mark.slow
+def test_tiny_pretraining_learns_to_copy_from_the_right_place(tmp_path):
+    rows = _train(
+        tmp_path,
+        "tiny",
+        f"--config.train.steps={STEPS}",
+        f"--config.train.measure_every={STEPS}",
+        f"--config.checkpoint.every={STEPS}",
     )
-    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").open()]
     m = [r for r in rows if "correspondence" in r][-1]
     assert m["step"] == STEPS
     # (a) copying from the true past frame: far lower loss than another video's,
@@ -78,26 +79,15 @@ GAIN_MARGIN = 0.015
 def test_cpu_learn_encoder_beats_its_random_init_twin(tmp_path):
     """``cpu_learn`` shortened to 750 steps: its online J&F on the held-out
     synthetic set (set A of the study) beats the random-init twin's."""
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one device
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "siammae_jax.main",
-            f"--workdir={tmp_path}",
-            "--config=configs/siammae.py:cpu_learn",
-            f"--config.train.steps={GAIN_STEPS}",
-            f"--config.eval.every={GAIN_STEPS}",
-            "--config.train.measure_every=0",
-            "--config.train.image_every=0",
-            f"--config.checkpoint.every={GAIN_STEPS}",
-        ],
-        cwd=ROOT,
-        env=env,
-        check=True,
+    rows = _train(
+        tmp_path,
+        "cpu_learn",
+        f"--config.train.steps={GAIN_STEPS}",
+        f"--config.eval.every={GAIN_STEPS}",
+        "--config.train.measure_every=0",
+        f"--config.checkpoint.every={GAIN_STEPS}",
         timeout=1200,
     )
-    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").open()]
     twin = [
         r["eval/davis/J&F_random_init"]
         for r in rows
