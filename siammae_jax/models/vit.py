@@ -106,24 +106,75 @@ class PosEmbed(nnx.Variable):
     """Position embeddings: a fixed buffer, not trained (excluded from ``nnx.Param``)."""
 
 
+# How ``resample_pos_embed`` maps position embeddings to another token grid.
+POS_INTERP = ("bicubic_aa", "dino")
+
+
 def resample_pos_embed(
-    pos: jax.Array, old_grid: tuple[int, int], new_grid: tuple[int, int]
+    pos: jax.Array,
+    old_grid: tuple[int, int],
+    new_grid: tuple[int, int],
+    method: str = "bicubic_aa",
 ) -> jax.Array:
     """Resamples [1, 1+h*w, D] position embeddings to another grid (bicubic).
 
-    The [CLS] entry (index 0) is kept as it is. Antialiased Keys bicubic with
-    half-pixel centres, which is what timm's ``resample_abs_pos_embed`` does
-    (torch ``F.interpolate(mode="bicubic", antialias=True,
-    align_corners=False)``): both agree within 1e-6 when up- and downsampling,
-    so imported timm/DINO/MAE weights see the same embeddings as in PyTorch.
+    The [CLS] entry (index 0) is kept as it is; an unchanged grid is returned
+    as it is. ``method`` is one of :data:`POS_INTERP`:
+
+    * ``"bicubic_aa"``: antialiased Keys bicubic with half-pixel centres to the
+      target size, what timm's ``resample_abs_pos_embed`` does (torch
+      ``F.interpolate(mode="bicubic", antialias=True, align_corners=False)``):
+      both agree within 1e-6 when up- and downsampling.
+    * ``"dino"``: DINO's ``VisionTransformer.interpolate_pos_encoding``
+      (facebookresearch/dino, vision_transformer.py l. 174-194), which the
+      label-propagation code of DINO, CropMAE and RSP evaluates with: torch
+      ``F.interpolate(mode="bicubic")`` without antialiasing, given the scale
+      factor ``(n + 0.1) / m`` per axis (``m`` the stored side, ``n`` the new
+      one) instead of a size. Output index ``i`` then reads source coordinate
+      ``(i + 0.5) / scale - 0.5`` with cubic convolution (A = -0.75) over 4
+      taps whose indices are clamped to the border; the 0.1 makes the samples
+      sit slightly closer together than the target size alone would.
+
+    Raises:
+      ValueError: an unknown ``method``.
     """
+    if method not in POS_INTERP:
+        raise ValueError(
+            f"pos_interp={method!r} is not one of {POS_INTERP} (how position "
+            "embeddings are resampled to another token grid)."
+        )
     if tuple(old_grid) == tuple(new_grid):
         return pos
     cls, grid = pos[:, :1], pos[:, 1:]
     d = grid.shape[-1]
-    grid = grid.reshape(1, *old_grid, d).astype(jnp.float32)
-    grid = jax.image.resize(grid, (1, *new_grid, d), method="bicubic", antialias=True)
+    grid = grid.reshape(*old_grid, d).astype(jnp.float32)
+    if method == "dino":
+        rows = jnp.asarray(_dino_weights(old_grid[0], new_grid[0]))
+        cols = jnp.asarray(_dino_weights(old_grid[1], new_grid[1]))
+        hi = jax.lax.Precision.HIGHEST
+        grid = jnp.einsum("ia,abd,jb->ijd", rows, grid, cols, precision=hi)
+    else:
+        grid = jax.image.resize(grid, (*new_grid, d), method="bicubic", antialias=True)
     return jnp.concatenate([cls, grid.reshape(1, -1, d).astype(pos.dtype)], axis=1)
+
+
+def _dino_weights(old: int, new: int) -> np.ndarray:
+    """[new, old] weights of torch's bicubic upsampling at DINO's scale factor
+    ``(new + 0.1) / old`` (see ``resample_pos_embed``); source coordinates in
+    float32 as torch's CPU kernel computes them (``1 / scale`` rounded once)."""
+    step = np.float32(1.0 / ((new + 0.1) / old))
+    src = step * (np.arange(new, dtype=np.float32) + np.float32(0.5)) - np.float32(0.5)
+    first = np.floor(src)
+    t = (src - first).astype(np.float64)[:, None]
+    d = np.abs(t - np.arange(-1, 3))  # distances to the 4 taps
+    a = -0.75
+    near = ((a + 2) * d - (a + 3)) * d * d + 1  # |d| <= 1
+    far = ((a * d - 5 * a) * d + 8 * a) * d - 4 * a  # 1 < |d| < 2
+    taps = np.where(d <= 1, near, far)
+    index = np.clip(first[:, None] + np.arange(-1, 3), 0, old - 1).astype(int)
+    weights = np.zeros((new, old))
+    np.add.at(weights, (np.repeat(np.arange(new), 4), index.ravel()), taps.ravel())
+    return weights.astype(np.float32)
 
 
 class ViT(nnx.Module):
@@ -136,6 +187,9 @@ class ViT(nnx.Module):
       dtype: compute dtype (e.g. ``jnp.bfloat16``); ``param_dtype``: storage.
       attention, attention_pad: the attention kernel and its token padding
         (``layers.Attention``; they do not change the function).
+      pos_interp: how position embeddings are resampled for another input
+        size, one of :data:`POS_INTERP` (see ``resample_pos_embed``); a plain
+        attribute, so ``model.pos_interp = "dino"`` switches a built model.
     """
 
     def __init__(
@@ -147,9 +201,15 @@ class ViT(nnx.Module):
         param_dtype: Dtype = jnp.float32,
         attention: str = "xla",
         attention_pad: int = 0,
+        pos_interp: str = "bicubic_aa",
         rngs: nnx.Rngs,
     ):
         size, patch = parse_variant(variant)
+        if pos_interp not in POS_INTERP:
+            raise ValueError(
+                f"pos_interp={pos_interp!r} is not one of {POS_INTERP} (how position "
+                "embeddings are resampled to another token grid)."
+            )
         hw = (
             (image_size, image_size)
             if isinstance(image_size, int)
@@ -166,6 +226,7 @@ class ViT(nnx.Module):
             )
         self.variant = variant
         self.patch = patch
+        self.pos_interp = pos_interp
         self.width = size.width
         self.grid = (hw[0] // patch, hw[1] // patch)
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -202,8 +263,9 @@ class ViT(nnx.Module):
         self.norm = layers.layer_norm(size.width, **kw)
 
     def pos_for_grid(self, grid: tuple[int, int]) -> jax.Array:
-        """Position embeddings [1, 1+h*w, D] for a token grid, resampled if needed."""
-        return resample_pos_embed(self.pos_embed[...], self.grid, grid)
+        """Position embeddings [1, 1+h*w, D] for a token grid, resampled if
+        needed by the rule ``self.pos_interp`` names."""
+        return resample_pos_embed(self.pos_embed[...], self.grid, grid, self.pos_interp)
 
     def __call__(
         self,
