@@ -19,6 +19,19 @@ The model is a :class:`~siammae_jax.models.SiamMAE` for whole-model sources
 :class:`~siammae_jax.models.ViT` encoder otherwise; ``load_encoder(path)``
 always gives the encoder. Folders with a ``model_card.json`` are checked
 against the sha256 it lists before anything is read.
+
+``timm`` and ``torch`` files may be other projects' released checkpoints:
+DINO (bare backbone, or the training checkpoint's ``teacher``/``student``),
+MAE, CropMAE, RSP and T-CoRe; :mod:`siammae_jax.weights.peers` finds the
+encoder in each (``layout=`` names one, ``branch=`` picks DINO's student) and
+the model config records it: ``{"encoder": "S/16", "image_size": [224, 224],
+"layout": "dino", "branch": "teacher"}``. ``detect_layout(path)`` reports it
+without building a model.
+
+``pos_interp="dino"`` gives an encoder that resamples its position embeddings
+for other input sizes as DINO's evaluation does (``vit.resample_pos_embed``);
+a built encoder switches with ``model.pos_interp = "dino"`` (an attribute of
+the module, not of the weights: exports do not keep it).
 """
 
 from __future__ import annotations
@@ -70,6 +83,26 @@ def detect(path: str | epath.Path) -> tuple[str, epath.Path]:
     )
 
 
+def detect_layout(
+    path: str | epath.Path, branch: str | None = None
+) -> tuple[str, str | None]:
+    """(which of :data:`SOURCES` ``path`` is, the peer layout of its state dict).
+
+    The layout (a name of ``peers.LAYOUTS``) is None for this package's own
+    formats; for ``timm``/``torch`` files the file is read to find it.
+
+    Raises:
+      FileNotFoundError: ``path`` does not exist or holds no known weights.
+      ValueError: no state dict found, or ``branch`` missing (named).
+    """
+    kind, where = detect(path)
+    if kind not in ("timm", "torch"):
+        return kind, None
+    if kind == "timm" and where.is_dir():
+        where = where / exports.TIMM_FILE
+    return kind, timm.load_state(where, branch=branch)[1].layout
+
+
 def _verify(kind: str, path: epath.Path) -> None:
     """Checks the model card of an export folder (or of a file's folder)."""
     if kind == "checkpoint":
@@ -81,7 +114,12 @@ def _verify(kind: str, path: epath.Path) -> None:
 
 
 def load(
-    path: str | epath.Path, variant: str | None = None
+    path: str | epath.Path,
+    variant: str | None = None,
+    *,
+    layout: str | None = None,
+    branch: str | None = None,
+    pos_interp: str | None = None,
 ) -> tuple[SiamMAE | vit.ViT, dict[str, Any]]:
     """The model stored at ``path`` and its model config (see the module doc).
 
@@ -89,42 +127,87 @@ def load(
       path: any source of :data:`SOURCES`, local or ``gs://``.
       variant: the ViT size of a timm/torch file without a config (e.g.
         ``S/16``); inferred from the shapes when None.
+      layout: the peer layout of a timm/torch file (``peers.LAYOUTS``:
+        ``timm``, ``dino``, ``mae``, ``cropmae``, ``rsp``, ``tcore``);
+        detected when None (a bare timm-layout file reads as ``timm``: name
+        ``dino`` to record DINO's released backbone as such).
+      branch: ``"teacher"`` (the default where a checkpoint holds both, as
+        DINO's evaluation reads) or ``"student"``.
+      pos_interp: how the encoder resamples position embeddings for other
+        input sizes (``vit.POS_INTERP``; ``"dino"`` for DINO's evaluation
+        rule); None keeps the encoder's default.
 
     Raises:
       FileNotFoundError: nothing loadable at ``path``.
-      ValueError: a file that does not match its model card, or parameters
-        that do not fit the stored config (named).
+      ValueError: a file that does not match its model card, parameters that
+        do not fit the stored config, or state dict keys that are not the
+        encoder's (named); ``layout``/``branch`` given for this package's own
+        formats.
     """
     kind, where = detect(path)
     _verify(kind, where)
+    if kind in ("timm", "torch"):
+        model, found = timm.load_timm(where, variant, layout=layout, branch=branch)
+        image = [g * model.patch for g in model.grid]
+        model_config = {"encoder": model.variant, "image_size": image}
+        model_config["layout"] = found.layout
+        if found.branch is not None:
+            model_config["branch"] = found.branch
+    elif layout is not None or branch is not None:
+        raise ValueError(
+            f"{path}: layout/branch apply to timm and torch state dicts, not to "
+            f"this package's {kind!r} weights."
+        )
+    else:
+        model, model_config = _load_own(kind, where)
+    if pos_interp is not None:
+        if pos_interp not in vit.POS_INTERP:
+            raise ValueError(
+                f"pos_interp={pos_interp!r} is not one of {vit.POS_INTERP}"
+            )
+        encoder = model if isinstance(model, vit.ViT) else model.encoder
+        encoder.pos_interp = pos_interp
+    return model, model_config
+
+
+def _load_own(kind: str, where: epath.Path) -> tuple[SiamMAE | vit.ViT, dict]:
+    """A training checkpoint or an export of this package."""
     if kind == "checkpoint":
         params, config, step_dir = checkpoints.load_params(where)
         model_config = config["model"]
         source = str(step_dir / checkpoints.STATE_ITEM)
         return params_lib.model_from(model_config, params, source), model_config
-    if kind in ("orbax", "safetensors"):
-        read = exports.read_orbax if kind == "orbax" else exports.read_native
-        config, tree = read(where)
-        model_config = config["model"]
-        if config.get("what", "encoder") == "model":
-            return params_lib.model_from(model_config, tree, str(where)), model_config
-        return params_lib.encoder_from(model_config, tree, str(where)), model_config
-    model = timm.load_timm(where, variant)
-    image = [g * model.patch for g in model.grid]
-    return model, {"encoder": model.variant, "image_size": image}
+    read = exports.read_orbax if kind == "orbax" else exports.read_native
+    config, tree = read(where)
+    model_config = config["model"]
+    if config.get("what", "encoder") == "model":
+        return params_lib.model_from(model_config, tree, str(where)), model_config
+    return params_lib.encoder_from(model_config, tree, str(where)), model_config
 
 
 def encoder_of(model: SiamMAE | vit.ViT, model_config: dict[str, Any]) -> vit.ViT:
-    """The float32 encoder of a loaded model (the model itself if a ViT)."""
+    """The float32 encoder of a loaded model (the model itself if a ViT), with
+    the model's ``pos_interp``."""
     if isinstance(model, vit.ViT):
         return model
     params = nnx.to_pure_dict(nnx.state(model.encoder, nnx.Param))
-    return params_lib.encoder_from(model_config, params, "the model's encoder")
+    encoder = params_lib.encoder_from(model_config, params, "the model's encoder")
+    encoder.pos_interp = model.encoder.pos_interp
+    return encoder
 
 
-def load_encoder(path: str | epath.Path, variant: str | None = None) -> vit.ViT:
-    """The ViT encoder of any weights :func:`load` reads."""
-    return encoder_of(*load(path, variant))
+def load_encoder(
+    path: str | epath.Path, variant: str | None = None, **kwargs: Any
+) -> vit.ViT:
+    """The ViT encoder of any weights :func:`load` reads (same arguments)."""
+    return encoder_of(*load(path, variant, **kwargs))
 
 
-__all__ = ["SOURCES", "detect", "encoder_of", "load", "load_encoder"]
+__all__ = [
+    "SOURCES",
+    "detect",
+    "detect_layout",
+    "encoder_of",
+    "load",
+    "load_encoder",
+]

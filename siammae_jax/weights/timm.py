@@ -24,15 +24,18 @@ row included; like ours it is resampled bicubically for other input sizes.
 Files: ``.safetensors`` (read with safetensors' numpy API) or torch state
 dicts (``.pt``, ``.pth``, ``.bin``) read *only* with
 ``torch.load(weights_only=True)``: a file that needs real unpickling is
-refused, since unpickling an untrusted file can run arbitrary code. Released
-checkpoints often wrap the state dict: a top-level ``state_dict``, ``model``
-(MAE), ``teacher`` (DINO) or ``module`` entry is descended into, and the key
-prefixes ``module.`` and ``backbone.`` are stripped; classifier/decoder
-entries (``head.*``, ``decoder*``, ``mask_token``) are dropped.
+refused, since unpickling an untrusted file can run arbitrary code (the one
+class allowed besides tensors is ``argparse.Namespace``, the ``args`` that
+DINO's and MAE's training checkpoints keep: a bag of plain attributes).
+Released checkpoints wrap the state dict and mix it with heads and decoders:
+:mod:`siammae_jax.weights.peers` knows the layouts of DINO, MAE, CropMAE, RSP
+and T-CoRe and keeps exactly the encoder.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import io
 import json
 import math
@@ -47,15 +50,12 @@ from flax import nnx
 
 from siammae_jax.models import vit
 from siammae_jax.weights import params as params_lib
+from siammae_jax.weights import peers
 
 State = dict[str, np.ndarray]
 
 # timm's names of our named sizes (at 224 pixels).
 TIMM_NAMES = {"Ti": "tiny", "S": "small", "B": "base", "L": "large"}
-# Checkpoint wrappers descended into, in this order (DINO: the teacher).
-WRAPPERS = ("state_dict", "model", "teacher", "module")
-PREFIXES = ("module.", "backbone.")
-DROPPED = re.compile(r"^(head\.|head$|decoder|mask_token)")
 TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 
 
@@ -226,10 +226,15 @@ def check_state_dict(state: Mapping[str, Any], model: vit.ViT, source: str) -> N
             looks = f" (its shapes look like {infer_variant(state)!r})"
         except ValueError:
             looks = ""
+        hint = ""
+        if any(re.search(r"\.ls[12]\.gamma$", k) for k in extra):
+            hint = (
+                " (DINOv2-style LayerScale: layout='tcore' folds it into the weights)"
+            )
         raise ValueError(
             f"{source}: not a timm ViT state dict of encoder {model.variant!r}"
             f"{looks}: missing keys {_listed(missing)}, unexpected keys "
-            f"{_listed(extra)}, wrong shapes {_listed(wrong)}"
+            f"{_listed(extra)}, wrong shapes {_listed(wrong)}{hint}"
         )
 
 
@@ -307,38 +312,23 @@ def from_timm_state_dict(
     return model
 
 
-def clean_state_dict(state: Mapping[str, Any], source: str = "state dict") -> dict:
+def clean_state_dict(
+    state: Mapping[str, Any],
+    source: str = "state dict",
+    layout: str | None = None,
+    branch: str | None = None,
+) -> dict:
     """The encoder's flat state dict inside a released checkpoint.
 
-    Descends into a ``state_dict`` / ``model`` / ``teacher`` / ``module``
-    wrapper while the mapping is not flat, strips the ``module.`` and
-    ``backbone.`` key prefixes and drops ``head.*``, ``decoder*`` and
-    ``mask_token`` entries.
+    See ``peers.encoder_state``: the layout (detected when None) says which
+    entry holds the state dict, which prefixes to strip (``module.``,
+    ``backbone.``) and which heads and decoders to drop.
 
     Raises:
-      ValueError: no flat mapping of arrays found.
+      ValueError: no flat mapping of arrays found, or weights the layout
+        refuses.
     """
-    while isinstance(state, Mapping) and not all(
-        hasattr(v, "shape") for v in state.values()
-    ):
-        inner = [w for w in WRAPPERS if isinstance(state.get(w), Mapping)]
-        if not inner:
-            raise ValueError(
-                f"{source}: no state dict of tensors found; top-level keys "
-                f"{sorted(map(str, state))[:20]} (wrappers looked into: {WRAPPERS})"
-            )
-        state = state[inner[0]]
-    out = {}
-    for key, value in state.items():
-        changed = True
-        while changed:
-            changed = False
-            for prefix in PREFIXES:
-                if key.startswith(prefix):
-                    key, changed = key[len(prefix) :], True
-        if not DROPPED.match(key):
-            out[key] = value
-    return out
+    return peers.encoder_state(state, layout, branch, source)[0]
 
 
 # ---------------------------------------------------------------- files
@@ -388,30 +378,40 @@ def read_safetensors(path: str | epath.Path) -> tuple[State, dict[str, str]]:
     return tensors, dict(header.get("__metadata__") or {})
 
 
-def load_weights(path: str | epath.Path) -> State:
-    """A flat state dict of numpy arrays from ``.safetensors`` or a torch file.
+def load_weights(
+    path: str | epath.Path, *, layout: str | None = None, branch: str | None = None
+) -> State:
+    """The encoder's flat state dict in a ``.safetensors`` or torch file.
 
     Torch files (``.pt``, ``.pth``, ``.bin``) are read only with
-    ``torch.load(weights_only=True)``; wrappers and prefixes are removed as in
-    ``clean_state_dict``.
+    ``torch.load(weights_only=True)``; the encoder is found as in
+    ``peers.encoder_state`` (``layout``, ``branch``).
 
     Raises:
-      ValueError: unknown suffix, corrupt file, or a file that needs unpickling.
+      ValueError: unknown suffix, corrupt file, a file that needs unpickling,
+        or weights the layout refuses.
       ImportError: a torch file without torch installed.
     """
+    return load_state(path, layout=layout, branch=branch)[0]
+
+
+def load_state(
+    path: str | epath.Path, *, layout: str | None = None, branch: str | None = None
+) -> tuple[State, peers.Found]:
+    """``load_weights``'s state dict and the layout (and branch) it was read as."""
     path = epath.Path(path)
     if not path.exists():
         raise FileNotFoundError(f"weights file {path} does not exist.")
     if path.suffix == ".safetensors":
-        state = read_safetensors(path)[0]
+        checkpoint = read_safetensors(path)[0]
     elif path.suffix in TORCH_SUFFIXES:
-        state = _load_torch(path)
+        checkpoint = _load_torch(path)
     else:
         raise ValueError(
             f"{path}: unknown weights format {path.suffix!r}; give a .safetensors "
             f"file or a torch state dict ({', '.join(TORCH_SUFFIXES)})."
         )
-    return clean_state_dict(state, str(path))
+    return peers.encoder_state(checkpoint, layout, branch, str(path))
 
 
 def _load_torch(path: epath.Path):
@@ -424,8 +424,11 @@ def _load_torch(path: epath.Path):
             "torch.load(weights_only=True), which reads tensors without running "
             "pickled code; or convert it to .safetensors."
         ) from None
+    # DINO's and MAE's training checkpoints keep their argparse ``args``.
+    allowed = getattr(getattr(torch, "serialization", None), "safe_globals", None)
+    allow = allowed([argparse.Namespace]) if allowed else contextlib.nullcontext()
     try:
-        with warnings.catch_warnings():  # pickle-protocol notes; the error says it
+        with warnings.catch_warnings(), allow:  # pickle-protocol notes: see error
             warnings.simplefilter("ignore")
             obj = torch.load(
                 io.BytesIO(path.read_bytes()), map_location="cpu", weights_only=True
@@ -467,17 +470,28 @@ def load_timm_encoder(
     image_size: int | tuple[int, int] | None = None,
 ) -> vit.ViT:
     """Our encoder from a timm-layout weights file (see ``load_weights``)."""
-    return from_timm_state_dict(
-        load_weights(path), variant, image_size, source=str(path)
-    )
+    return _encoder(path, variant, image_size, None, None)[0]
 
 
-def load_timm(path: str | epath.Path, variant: str | None = None) -> vit.ViT:
-    """Our encoder from a timm-layout file, or an export folder holding
-    ``model.safetensors`` and the ``config.json`` that names its size."""
+def _encoder(path, variant, image_size, layout, branch):
+    state, found = load_state(path, layout=layout, branch=branch)
+    source = f"{path} ({found.layout} layout)"
+    return from_timm_state_dict(state, variant, image_size, source=source), found
+
+
+def load_timm(
+    path: str | epath.Path,
+    variant: str | None = None,
+    *,
+    layout: str | None = None,
+    branch: str | None = None,
+) -> tuple[vit.ViT, peers.Found]:
+    """Our encoder from a timm-layout or peer checkpoint file (see
+    ``load_state``), or an export folder holding ``model.safetensors`` and the
+    ``config.json`` that names its size; and the layout it was read as."""
     path = epath.Path(path)
     if not path.is_dir():
-        return load_timm_encoder(path, variant)
+        return _encoder(path, variant, None, layout, branch)
     image = None
     config = path / "config.json"
     if config.exists():
@@ -486,4 +500,4 @@ def load_timm(path: str | epath.Path, variant: str | None = None) -> vit.ViT:
             variant = variant or stored["model"]["encoder"]
             image = stored["model"]["image_size"]
     image = tuple(image) if isinstance(image, list) else image
-    return load_timm_encoder(path / "model.safetensors", variant, image)
+    return _encoder(path / "model.safetensors", variant, image, layout, branch)
