@@ -3,11 +3,15 @@
 Our encoder -> timm state dict -> ``timm.create_model(...)`` forward equals
 ours, and timm's random weights -> import -> our forward equals timm's, within
 1e-4 in float32, for S/16 and B/16, at 224 and at another input size (the
-position embeddings interpolated by both sides).
+position embeddings interpolated by both sides). Issue 26: ``.pth`` files in
+the released layouts of DINO, MAE, CropMAE, RSP and T-CoRe load to the
+features of the timm model they were written from (within 1e-5), and DINO's
+position-embedding interpolation equals torch's.
 """
 
 import argparse
 import json
+import math
 
 import jax
 import jax.numpy as jnp
@@ -123,10 +127,17 @@ def test_torch_files_load_with_weights_only(tmp_path):
         loaded = interop.load_weights(tmp_path / name)
         assert set(loaded) == set(state)
         np.testing.assert_array_equal(loaded["pos_embed"], state["pos_embed"].numpy())
-    # A full training checkpoint with pickled objects (DINO/MAE keep args).
-    torch.save({"model": state, "args": argparse.Namespace(lr=1)}, tmp_path / "f.pth")
-    with pytest.raises(ValueError, match="refused.*Namespace.*arbitrary code"):
+    # A training checkpoint's argparse args (DINO, MAE keep them) are read...
+    torch.save({"model": state, "args": argparse.Namespace(lr=1)}, tmp_path / "a.pth")
+    assert set(interop.load_weights(tmp_path / "a.pth")) == set(state)
+    # ...any other pickled object is refused.
+    torch.save({"model": state, "sched": _Pickled()}, tmp_path / "f.pth")
+    with pytest.raises(ValueError, match="refused.*_Pickled.*arbitrary code"):
         interop.load_weights(tmp_path / "f.pth")
+
+
+class _Pickled:
+    """A plain object of this module: torch.load(weights_only=True) refuses it."""
 
 
 def test_timm_export_folder_builds_in_timm(tmp_path):
@@ -165,4 +176,153 @@ def test_load_reads_a_torch_state_dict_to_the_same_features(trained, tmp_path):
         np.asarray(model.features(jnp.asarray(images))),
         np.asarray(ours.features(jnp.asarray(images))),
         atol=1e-5,
+    )
+
+
+# ------------------------------------------ peers' released layouts (issue 26)
+
+
+def _tiny_timm(seed: int = 0, **kwargs):
+    """A timm ViT of our test/8 size at 32 px, with random weights."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    model = VisionTransformer(
+        img_size=kwargs.pop("img_size", 32), patch_size=8, embed_dim=32, depth=2,
+        num_heads=2, num_classes=0, **kwargs,
+    ).eval()  # fmt: skip
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=gen) * 0.05
+            p.copy_((1.0 + noise) if "norm" in name and "weight" in name else noise)
+    return model
+
+
+def _randn(*shape) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(7))
+
+
+def _training_extras() -> dict:
+    """What MAE-style save_model writes besides the weights."""
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=1e-3)
+    return {
+        "optimizer": opt.state_dict(),
+        "epoch": 399,
+        "scaler": torch.amp.GradScaler("cpu").state_dict(),
+        "args": argparse.Namespace(model="vit_small", lr=1.5e-4, input_size=224),
+    }
+
+
+def _mae_decoder() -> dict:
+    return {
+        "mask_token": _randn(1, 1, 16),
+        "decoder_embed.weight": _randn(16, 32),
+        "decoder_pos_embed": _randn(1, 17, 16),
+        "decoder_norm.weight": _randn(16),
+        "decoder_pred.weight": _randn(192, 16),
+    }
+
+
+def _checkpoint(layout: str, sd: dict, student: dict) -> dict:
+    """A checkpoint as each project saves it (see siammae_jax.weights.peers)."""
+    if layout == "dino":  # main_dino.py save_dict
+        head = {"head.mlp.0.weight": _randn(64, 32), "head.last_layer.weight_g": _randn(16, 1)}  # fmt: skip
+        return {
+            "student": {
+                **{f"module.backbone.{k}": v for k, v in student.items()},
+                **{f"module.{k}": v for k, v in head.items()},
+            },
+            "teacher": {**{f"backbone.{k}": v for k, v in sd.items()}, **head},
+            "optimizer": _training_extras()["optimizer"],
+            "epoch": 100,
+            "args": argparse.Namespace(arch="vit_small", patch_size=8, out_dim=16),
+            "dino_loss": {"center": torch.zeros(1, 16)},
+            "fp16_scaler": {"scale": 65536.0, "_growth_tracker": 0},
+        }
+    if layout == "mae":
+        return {"model": {**sd, **_mae_decoder()}, **_training_extras()}
+    if layout == "cropmae":  # MAE's model, cross-attention decoder blocks
+        blocks = {
+            "decoder_blocks.0.self_attn.in_proj_weight": _randn(48, 16),
+            "decoder_blocks.0.multihead_attn.in_proj_weight": _randn(48, 16),
+            "decoder_blocks.0.linear1.weight": _randn(64, 16),
+        }
+        return {"model": {**sd, **_mae_decoder(), **blocks}, **_training_extras()}
+    if layout == "rsp":
+        rsp = {
+            "to_posterior.0.weight": _randn(64, 64),
+            "to_prior.2.weight": _randn(1024, 64),
+            "decoder_embed_deter.weight": _randn(16, 32),
+            "decoder_embed_stoch.weight": _randn(16, 1024),
+        }
+        return {"model": {**sd, **_mae_decoder(), **rsp}, **_training_extras()}
+    assert layout == "tcore"  # train.py do_test
+    teacher = {f"backbone.{k}": v for k, v in sd.items()}
+    teacher["backbone.mask_token"] = torch.zeros(1, 32)
+    teacher["dino_head.mlp.0.weight"] = _randn(64, 32)
+    return {"teacher": teacher}
+
+
+@pytest.mark.parametrize("layout", ["dino", "mae", "cropmae", "rsp", "tcore"])
+def test_peer_checkpoints_load_to_timm_features(layout, tmp_path):
+    import siammae_jax.weights
+
+    kwargs = {"init_values": 0.5} if layout == "tcore" else {}  # LayerScale
+    teacher, student = _tiny_timm(0, **kwargs), _tiny_timm(1, **kwargs)
+    path = tmp_path / f"{layout}.pth"
+    torch.save(_checkpoint(layout, teacher.state_dict(), student.state_dict()), path)
+    assert siammae_jax.weights.detect_layout(path) == ("torch", layout)
+    images = _images(32, seed=2)
+    model, config = siammae_jax.weights.load(path)
+    assert config["encoder"] == "test/8" and config["layout"] == layout
+    np.testing.assert_allclose(
+        _our_tokens(model, images), _timm_tokens(teacher, images), atol=1e-5
+    )
+    if layout == "dino":
+        assert config["branch"] == "teacher"
+        model, config = siammae_jax.weights.load(path, branch="student")
+        assert config["branch"] == "student"
+        np.testing.assert_allclose(
+            _our_tokens(model, images), _timm_tokens(student, images), atol=1e-5
+        )
+
+
+def _dino_interpolate(pos: np.ndarray, old: tuple, new: tuple) -> np.ndarray:
+    """DINO's interpolate_pos_encoding (facebookresearch/dino
+    vision_transformer.py): bicubic by scale factor (n + 0.1) / sqrt(N)."""
+    n = old[0] * old[1]
+    grid = torch.from_numpy(pos[:, 1:]).reshape(1, *old, -1).permute(0, 3, 1, 2)
+    scale = ((new[0] + 0.1) / math.sqrt(n), (new[1] + 0.1) / math.sqrt(n))
+    out = torch.nn.functional.interpolate(grid, scale_factor=scale, mode="bicubic")
+    assert tuple(out.shape[-2:]) == tuple(new)
+    out = out.permute(0, 2, 3, 1).reshape(1, -1, pos.shape[-1]).numpy()
+    return np.concatenate([pos[:, :1], out], axis=1)
+
+
+@pytest.mark.parametrize("new", [(30, 53), (60, 110), (10, 12)])
+def test_dino_pos_interp_matches_torch(new):
+    pos = np.random.default_rng(0).normal(size=(1, 1 + 14 * 14, 64)).astype("f4")
+    got = vit.resample_pos_embed(jnp.asarray(pos), (14, 14), new, "dino")
+    np.testing.assert_allclose(got, _dino_interpolate(pos, (14, 14), new), atol=1e-5)
+
+
+def test_dino_interpolating_encoder_runs_as_dino_evaluates(tmp_path):
+    """DINO's released backbone at another input size with
+    ``load(..., pos_interp="dino")`` gives the features of the same timm
+    model fed DINO's interpolated position embeddings."""
+    import siammae_jax.weights
+
+    dino = _tiny_timm(3)
+    torch.save(dino.state_dict(), tmp_path / "dino_backbone.pth")
+    model, config = siammae_jax.weights.load(
+        tmp_path / "dino_backbone.pth", layout="dino", pos_interp="dino"
+    )
+    assert config["layout"] == "dino" and model.pos_interp == "dino"
+    sd = dino.state_dict()
+    pos = _dino_interpolate(sd["pos_embed"].numpy(), (4, 4), (5, 7))
+    wide = _tiny_timm(3, img_size=(40, 56))
+    wide.load_state_dict({**sd, "pos_embed": torch.from_numpy(pos)}, strict=True)
+    images = np.random.default_rng(4).normal(size=(1, 40, 56, 3)).astype("f4")
+    np.testing.assert_allclose(
+        _our_tokens(model, images), _timm_tokens(wide, images), atol=1e-5
     )
