@@ -25,7 +25,9 @@ tcore      ``teacher``; ``module.``,    ``dino_head.*``, ``ibot_head.*``,
            ``backbone.``                ``mask_token``; LayerScale folded
 =========  ===========================  ========================================
 
-Sources (read in the projects' public code; line numbers of the versions read):
+Sources (read in the projects' public code; functions named, with line
+numbers counted in the versions read: DINO main, MAE main, CropMAE ffafcf4,
+RSP 0a96349, T-CoRe 67c8bf9):
 
 * DINO (facebookresearch/dino): ``main_dino.py``, ``train_dino``: the
   checkpoint is ``{'student', 'teacher', 'optimizer', 'epoch', 'args',
@@ -57,18 +59,18 @@ Sources (read in the projects' public code; line numbers of the versions read):
   ``to_posterior``, ``to_prior``, ``decoder_embed_mae``,
   ``decoder_embed_deter``, ``decoder_embed_stoch``, ``mask_token``,
   ``decoder_pos_embed``, ``decoder_blocks``, ``decoder_norm``,
-  ``decoder_pred``; ``eval_video_segmentation_davis.py`` builds DINO's
-  ``vision_transformer`` and calls ``util/load_ckpt.py``
+  ``decoder_pred``; ``eval_video_segmentation_davis.py`` (``__main__``)
+  builds DINO's ``vision_transformer`` and calls ``util/load_ckpt.py`` l. 8-24
   ``load_pretrained_weights(model, path, 'model')`` (strips ``module.``,
   ``backbone.``, ``base_encoder.``; ``strict=False``).
 * T-CoRe (yafeng19/T-CORE, CVPR 2025, built on DINOv2):
-  ``base_model/train/train.py``, ``do_test``: ``torch.save({"teacher":
+  ``base_model/train/train.py`` l. 151-160, ``do_test``: ``torch.save({"teacher":
   model.teacher.state_dict()})`` with ``backbone.*`` (a DINOv2 ViT:
   ``ls1.gamma``/``ls2.gamma`` LayerScale, ``mask_token``, optional
   ``register_tokens``) and ``dino_head.*`` (``ibot_head.*`` with a separate
   iBOT head), ``base_model/train/arch.py``; ``base_model/eval/setup.py``
-  ``build_model_for_eval`` loads ``"teacher"`` through
-  ``base_model/utils/utils.py`` ``load_pretrained_weights`` (strips
+  l. 44-49 ``build_model_for_eval`` loads ``"teacher"`` through
+  ``base_model/utils/utils.py`` l. 14-24 ``load_pretrained_weights`` (strips
   ``module.``, ``backbone.``). LayerScale is folded into the linear layer
   before it (``gamma * (W x + b)``), exact up to float rounding. Register
   tokens (``base_model/configs/ssl_default_config.yaml`` sets
