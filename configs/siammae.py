@@ -124,6 +124,10 @@ def get_config(arg: str = "vits16") -> ml_collections.ConfigDict:
     # with the code and settings of `python -m siammae_jax.eval davis`.
     c.eval = ml_collections.ConfigDict()
     c.eval.every = 0
+    # Named evaluation protocol (docs/protocols.md: siammae, dino, crw,
+    # 480x880); fields of eval.davis that differ from the siammae protocol
+    # apply on top of it and are recorded as departures in summary.json.
+    c.eval.protocol = "siammae"
     c.eval.data = ""  # a DAVIS-2017 root, or "synthetic" (held-out videos)
     c.eval.max_videos = 30  # the first N sequences of the split
     # Time bound of one evaluation: the first one (the random-init encoder, at

@@ -350,10 +350,22 @@ def test_davis_eval_from_timm_weights(tmp_path):
     timm_file = tmp_path / "vit_test8.safetensors"
     interop.save_safetensors(timm_file, interop.to_timm_state_dict(_perturbed()))
     out = tmp_path / "out"
-    _python("-m", "siammae_jax.eval", "davis", f"--weights={timm_file}",
-            f"--data={tmp_path / 'DAVIS'}", f"--out={out}",
-            "--config.davis.short_side=32")  # fmt: skip
+    proc = _python("-m", "siammae_jax.eval", "davis", f"--weights={timm_file}",
+                   f"--data={tmp_path / 'DAVIS'}", f"--out={out}", "--protocol=crw",
+                   "--config.davis.topk=5")  # fmt: skip
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["encoder"] == f"timm {timm_file} (test/8)"
-    assert 0.0 <= summary["scores"]["J&F-Mean"] <= 1.0
+    weights = summary["weights"]
+    assert (weights["kind"], weights["path"]) == ("timm", str(timm_file))
+    assert weights["variant"] == "test/8" and len(weights["file_sha256"]) == 64
+    assert summary["protocol"]["name"] == "crw"
+    assert summary["protocol"]["departures"] == {"topk": {"protocol": 10, "used": 5}}
+    assert summary["inputs"]["sizes"] == {
+        "synth_0000": [32, 32],
+        "synth_0001": [32, 32],
+    }
+    # Each printed score names its protocol on its own line.
+    jf = summary["scores"]["J&F-Mean"]
+    assert f"J&F-Mean     {jf:.3f} [crw]" in proc.stdout, proc.stdout
+    assert "davis [protocol crw + departures: topk]" in proc.stdout
+    assert 0.0 <= jf <= 1.0
     assert (out / "global_results-val.csv").exists()

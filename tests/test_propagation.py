@@ -1,5 +1,6 @@
 """Label propagation: chunked jax vs dense numpy, ideal features, radius, resizing."""
 
+import dataclasses
 import math
 import re
 
@@ -19,6 +20,18 @@ def _random_video(t_len, h, w, d, c, seed=0):
     feats = _unit(rng.standard_normal((t_len, h, w, d)))
     labels = np.eye(c, dtype=np.float32)[rng.integers(0, c, (h, w))]
     return feats, labels
+
+
+def _in_neighbourhood(ty, tx, sy, sx, config) -> bool:
+    """videowalk's circle (math.hypot < radius), or DINO's square window: the
+    cells (ty - r + p, tx - r + q) for p, q in 0..2r (its restrict_neighborhood)."""
+    if config.neighbourhood == "circle":
+        return math.hypot(ty - sy, tx - sx) < config.radius
+    r = int(config.radius)
+    window = {
+        (ty - r + p, tx - r + q) for p in range(2 * r + 1) for q in range(2 * r + 1)
+    }
+    return (sy, sx) in window
 
 
 def _loop_propagation(feats, first, config):
@@ -47,8 +60,9 @@ def _loop_propagation(feats, first, config):
             for slot, j in enumerate([0] + context):
                 for src in range(h * w):
                     sy, sx = divmod(src, w)
-                    if slot > 0 and math.hypot(ty - sy, tx - sx) >= config.radius:
-                        continue
+                    if slot > 0 or config.restrict_first:
+                        if not _in_neighbourhood(ty, tx, sy, sx, config):
+                            continue
                     cands.append((float(sims[slot][target, src]), out[j][src]))
             top = sorted(cands, key=lambda cand: -cand[0])[: config.topk]
             weights = np.exp([a - top[0][0] for a, _ in top])
@@ -82,6 +96,40 @@ def test_chunked_matches_dense_reference(queue_mode, queue):
     assert want.dtype == np.float32
     np.testing.assert_allclose(got.sum(-1), 1.0, atol=1e-5)
     assert np.abs(got[1:] - np.round(got[1:])).max() > 0.05  # Labels are soft.
+
+
+@pytest.mark.parametrize("restrict_first", [False, True])
+def test_square_neighbourhood_matches_loop(restrict_first):
+    """DINO's square window (optionally over frame 0 too), chunked = dense = loop."""
+    feats, labels = _random_video(7, 5, 6, 16, 3, seed=2)
+    config = P.PropagationConfig(
+        topk=4, queue=3, radius=1, queue_mode="dino", chunk=8,
+        neighbourhood="square", restrict_first=restrict_first,
+    )  # fmt: skip
+    got = P.propagate(feats, labels, config)
+    want = P.propagate_reference(feats, labels, config)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    np.testing.assert_allclose(
+        want, _loop_propagation(feats, labels, config), atol=1e-5
+    )
+    circle = dataclasses.replace(config, neighbourhood="circle", radius=1.5)
+    # radius-1 square = 3x3 window; the radius-1.5 circle is the same 3x3 set
+    # (hypot(1, 1) < 1.5), so both agree; a radius-1 circle is a plus sign.
+    np.testing.assert_allclose(P.propagate(feats, labels, circle), got, atol=1e-5)
+    plus = dataclasses.replace(config, neighbourhood="circle", radius=1.0 + 1e-9)
+    assert np.abs(P.propagate(feats, labels, plus) - got).max() > 1e-3
+
+
+def test_restrict_first_limits_frame_0():
+    """With restrict_first, a far frame-0 source is ignored as queue sources are."""
+    feats, labels = _radius_video(source_in_frame0=True)
+    for restrict, want in ((False, 1), (True, 0)):
+        config = P.PropagationConfig(
+            1, 1, 3.0, queue_mode="dino", restrict_first=restrict
+        )
+        got = P.propagate(feats, labels, config)
+        np.testing.assert_allclose(got, P.propagate_reference(feats, labels, config))
+        assert got[2, 0, 0].argmax() == want
 
 
 def test_queue_modes_differ():
@@ -238,11 +286,30 @@ def test_paper_defaults_and_input_checks():
 
 # Every field of each benchmark section of ``eval/config.py`` (SIAMMAE.md,
 # "Evaluation": Table 4b plus our assumed temperature, queue mode and sizes).
+# The siammae protocol's input, normalisation and label transfer (SIAMMAE.md).
+_INPUT = dict(
+    frame_resize="pil_bilinear",
+    mean=(0.485, 0.456, 0.406),
+    std=(0.229, 0.224, 0.225),
+    pos_interp="bicubic_aa",
+    neighbourhood="circle",
+    restrict_first=False,
+)
+_MASKS = dict(labels_in="bilinear", labels_out="bilinear", norm_mask=False)
 EVAL_DEFAULTS = {
-    "davis": dict(split="val", short_side=480, topk=7, queue=20, radius=20),
-    "jhmdb": dict(split=1, size=320, sigma=0.5, topk=7, queue=20, radius=20),
-    "vip": dict(split="val", long_side=880, topk=10, queue=20, radius=8),
-}
+    "davis": dict(
+        split="val", pre_resize=(0, 0), resize="short_round", short_side=480,
+        fixed_size=(0, 0), topk=7, queue=20, radius=20, **_INPUT, **_MASKS,
+    ),
+    "jhmdb": dict(
+        split=1, resize="square", size=320, sigma=0.5, heatmap="gaussian",
+        coords="centre", decode_topk=3, topk=7, queue=20, radius=20, **_INPUT,
+    ),
+    "vip": dict(
+        split="val", resize="long_round", long_side=880, count_first=False,
+        topk=10, queue=20, radius=8, **_INPUT, **_MASKS,
+    ),
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("benchmark", sorted(EVAL_DEFAULTS))

@@ -23,13 +23,14 @@ MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 
-def normalize(frames: Any) -> Any:
+def normalize(frames: Any, mean: Any = MEAN, std: Any = STD) -> Any:
     """uint8 RGB -> float32 normalised with ImageNet mean and std.
 
     The one normalisation of the model's inputs (data pipeline, train step,
-    evaluation). Other dtypes are taken as normalised already and only cast to
-    float32. NumPy arrays give NumPy arrays; jax arrays (and tracers, so on
-    device inside ``jit``) give jax arrays.
+    evaluation; an evaluation protocol may name other statistics, e.g. DINO's
+    std 0.228 for red). Other dtypes are taken as normalised already and only
+    cast to float32. NumPy arrays give NumPy arrays; jax arrays (and tracers,
+    so on device inside ``jit``) give jax arrays.
     """
     if isinstance(frames, np.ndarray | np.generic):
         xp = np
@@ -37,7 +38,8 @@ def normalize(frames: Any) -> Any:
         import jax.numpy as xp  # Only where jax arrays come in.
     if frames.dtype != np.uint8:
         return frames.astype(xp.float32)
-    return (frames.astype(xp.float32) / 255.0 - MEAN) / STD
+    mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+    return (frames.astype(xp.float32) / 255.0 - mean) / std
 
 
 @dataclasses.dataclass(frozen=True)

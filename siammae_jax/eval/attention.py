@@ -12,7 +12,7 @@ import numpy as np
 from etils import epath
 
 from siammae_jax.data import pairs, video, video_file
-from siammae_jax.eval import pictures, tasks
+from siammae_jax.eval import geometry, pictures, tasks
 from siammae_jax.models import vit
 
 
@@ -82,7 +82,7 @@ def run(model: vit.ViT, path: str, out: str, short_side: int, max_frames: int) -
     """Attention pictures of a video (or image) at ``short_side`` resolution."""
     frames = read_frames(path, max_frames)
     size = tasks.input_size(*frames.shape[1:3], model.patch, short_side=short_side)
-    frames = tasks.resize_frames(frames, size)
+    frames = geometry.resize_frames(frames, size)
     maps = attention_maps(model, frames)
     render(frames, maps, epath.Path(out))
     return {"frames": len(frames), "heads": maps.shape[1], "grid": maps.shape[2:]}

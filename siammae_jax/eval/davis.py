@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -329,7 +330,32 @@ def write_set(root: str | Path, names: Sequence[str], split: str = "val") -> Pat
     return path
 
 
-# ------------------------------------------------------------------ metrics
-
-
-# ------------------------------------------------------------------ scoring
+def resized_copy(
+    root: str | Path, dest: str | Path, split: str, size: tuple[int, int]
+) -> Path:
+    """The ``split`` of a DAVIS root with every frame and annotation resized
+    to ``size`` (height, width) with PIL's nearest filter, as RSP's
+    ``davis_preprocessing.py`` makes the ``DAVIS_480_880`` set that the
+    480x880 protocol scores against: frames re-saved as JPEG with PIL's
+    default quality, annotations as indexed PNGs. Written once; reused while
+    ``dest/source.json`` matches.
+    """
+    root, dest = Path(root), Path(dest)
+    source = {"root": str(root.resolve()), "split": split, "size": list(size)}
+    marker = dest / "source.json"
+    if marker.is_file() and json.loads(marker.read_text()) == source:
+        return dest
+    names = read_set(root, split)
+    target = tuple(size)[::-1]
+    for seq in names:
+        for kind, suffix in (("JPEGImages", ".jpg"), ("Annotations", ".png")):
+            folder = dest / kind / RESOLUTION / seq
+            folder.mkdir(parents=True, exist_ok=True)
+            for path in sorted((root / kind / RESOLUTION / seq).glob(f"*{suffix}")):
+                with Image.open(path) as image:
+                    image.resize(target, Image.Resampling.NEAREST).save(
+                        folder / path.name
+                    )
+    write_set(dest, names, split)
+    marker.write_text(json.dumps(source))
+    return dest

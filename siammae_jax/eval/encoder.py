@@ -30,18 +30,32 @@ def random_encoder(size: str, image_size: int = 224, seed: int = 0) -> vit.ViT:
 class FeatureExtractor:
     """uint8 frames [N, H, W, 3] -> L2-normalised patch features [N, h, w, D].
 
-    Frames are ImageNet-normalised, encoded in batches of ``batch_size`` (the
-    last batch padded, so each input size compiles once) in float32.
+    Frames are normalised with ``mean`` and ``std`` (ImageNet's by default;
+    an evaluation protocol may name others), encoded in batches of
+    ``batch_size`` (the last batch padded, so each input size compiles once)
+    in float32, with the position embeddings resampled by ``pos_interp``
+    (the model's own rule when None; see ``vit.resample_pos_embed``).
     """
 
-    def __init__(self, model: vit.ViT, batch_size: int = 8):
+    def __init__(
+        self,
+        model: vit.ViT,
+        batch_size: int = 8,
+        mean=pairs.MEAN,
+        std=pairs.STD,
+        pos_interp: str | None = None,
+    ):
         self.patch = model.patch
         self.batch_size = batch_size
         graphdef, state = nnx.split(model)
+        mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
 
         @jax.jit
         def features(state, frames):
-            return nnx.merge(graphdef, state).features(pairs.normalize(frames))
+            model = nnx.merge(graphdef, state)
+            if pos_interp is not None:
+                model.pos_interp = pos_interp
+            return model.features(pairs.normalize(frames, mean, std))
 
         self._state = state
         self._features: Callable = features

@@ -4,9 +4,11 @@ Frame 0's labels are carried through a video by feature affinity: each target
 position of frame ``t`` takes the softmax-weighted labels of its top-k most
 similar source positions among a context of frame 0 (with its ground-truth
 labels) and a queue of previous frames (with their soft predicted labels).
-Queue-frame sources farther than ``radius`` feature cells from the target are
-ignored; frame 0 is not restricted. See ``/work/shared/SIAMMAE.md``, section
-"Evaluation: label propagation".
+Queue-frame sources outside a neighbourhood of the target are ignored: a
+circle (Euclidean distance < ``radius`` feature cells, CRW's rule) or a square
+(Chebyshev distance <= ``radius``, DINO's rule); frame 0 is restricted only
+when ``restrict_first`` is set (DINO). The settings of each named evaluation
+protocol are in :mod:`siammae_jax.eval.protocols` and ``docs/protocols.md``.
 
 ``propagate`` runs one jit-compiled step per frame (compiled once per grid
 size, feature width, label count and config; reused for every frame and
@@ -28,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 QUEUE_MODES = ("videowalk", "dino")
+NEIGHBOURHOODS = ("circle", "square")
 
 # (features [S, hw, D], labels [S, hw, C], valid [S]); slot 0 is frame 0 and
 # slots 1..queue are the ring buffer of previous frames.
@@ -42,14 +45,18 @@ class PropagationConfig:
       topk: sources per target position (top-k over all context frames and
         positions jointly).
       queue: number of previous frames in the context besides frame 0.
-      radius: neighbourhood radius in feature cells: a queue-frame source is
-        kept if its Euclidean distance to the target position is < radius.
-        Frame 0 is not restricted.
+      radius: neighbourhood radius in feature cells (see ``neighbourhood``).
       temperature: softmax temperature of the cosine affinities.
       queue_mode: "videowalk" (the video is front-padded with ``queue`` copies
         of frame 0, so early queues hold copies of frame 0 with its
         ground-truth labels) or "dino" (the queue holds only the predicted
         frames max(1, t - queue)..t-1).
+      neighbourhood: "circle" (a source is kept if its Euclidean distance to
+        the target cell is < radius: videowalk's ``MaskedAttention``) or
+        "square" (row and column distances both <= radius: DINO's
+        ``restrict_neighborhood``).
+      restrict_first: also restrict frame 0's sources to the neighbourhood
+        (DINO masks every context frame; videowalk leaves frame 0 whole).
       chunk: most target positions per affinity chunk (bounds peak memory:
         the chunk's affinities are [chunk, (queue + 1) * h * w] float32). The
         h * w targets are split into ceil(h * w / chunk) equal chunks, the
@@ -62,6 +69,8 @@ class PropagationConfig:
     temperature: float = 0.7
     queue_mode: str = "videowalk"
     chunk: int = 1024
+    neighbourhood: str = "circle"
+    restrict_first: bool = False
 
     def __post_init__(self) -> None:
         """Raises ValueError naming the first invalid field."""
@@ -79,6 +88,15 @@ class PropagationConfig:
                 raise ValueError(f"{name} must be a number, got {value!r}")
             if not value > 0 or not np.isfinite(value):
                 raise ValueError(f"{name} must be finite and > 0, got {value}")
+        if self.neighbourhood not in NEIGHBOURHOODS:
+            raise ValueError(
+                f"neighbourhood must be one of {NEIGHBOURHOODS}, "
+                f"got {self.neighbourhood!r}"
+            )
+        if not isinstance(self.restrict_first, (bool, np.bool_)):
+            raise ValueError(
+                f"restrict_first must be a bool, got {self.restrict_first!r}"
+            )
         if self.queue_mode not in QUEUE_MODES:
             raise ValueError(
                 f"queue_mode must be one of {QUEUE_MODES}, got {self.queue_mode!r}"
@@ -109,10 +127,14 @@ def _check_inputs(
         )
 
 
-def _grid_distances(h: int, w: int) -> np.ndarray:
-    """Euclidean distances [h*w, h*w] between the cells of an h x w grid."""
+def _near(h: int, w: int, radius: float, neighbourhood: str) -> np.ndarray:
+    """Keep-mask [h*w, h*w] (target, source) of an h x w grid's neighbourhoods."""
     rows, cols = np.divmod(np.arange(h * w), w)
-    return np.hypot(rows[:, None] - rows[None, :], cols[:, None] - cols[None, :])
+    dr = np.abs(rows[:, None] - rows[None, :])
+    dc = np.abs(cols[:, None] - cols[None, :])
+    if neighbourhood == "square":
+        return np.maximum(dr, dc) <= radius
+    return np.hypot(dr, dc) < radius
 
 
 def _context_frames(t: int, config: PropagationConfig) -> list[int]:
@@ -141,13 +163,14 @@ def propagate_reference(
     feats = features.reshape(t_len, h * w, d).astype(np.float32)
     labels = np.empty((t_len, h * w, first_labels.shape[-1]), np.float32)
     labels[0] = first_labels.reshape(h * w, -1)
-    near = _grid_distances(h, w) < config.radius
+    near = _near(h, w, config.radius, config.neighbourhood)
+    first = near if config.restrict_first else np.ones_like(near)
     rows = np.arange(h * w)[:, None]
     for t in range(1, t_len):
         queue = _context_frames(t, config)
         src_feats = np.concatenate([feats[0]] + [feats[j] for j in queue])
         src_labels = np.concatenate([labels[0]] + [labels[j] for j in queue])
-        keep = np.concatenate([np.ones_like(near)] + [near] * len(queue), axis=1)
+        keep = np.concatenate([first] + [near] * len(queue), axis=1)
         aff = (feats[t] @ src_feats.T) / np.float32(config.temperature)
         aff[~keep] = -np.inf
         idx = np.argsort(-aff, axis=1, kind="stable")[:, : config.topk]
@@ -169,14 +192,16 @@ def _chunk_layout(hw: int, chunk: int) -> tuple[int, int]:
 
 
 @functools.lru_cache(maxsize=32)
-def _neighbourhood(h: int, w: int, radius: float, chunk: int) -> jax.Array:
+def _neighbourhood(
+    h: int, w: int, radius: float, chunk: int, neighbourhood: str = "circle"
+) -> jax.Array:
     """Static keep-mask [n_chunks, chunk, h*w] of queue sources per target.
 
     Rows of padding targets (beyond h*w) keep everything; they are discarded.
     """
     size, n_chunks = _chunk_layout(h * w, chunk)
     mask = np.ones((n_chunks * size, h * w), bool)
-    mask[: h * w] = _grid_distances(h, w) < radius
+    mask[: h * w] = _near(h, w, radius, neighbourhood)
     return jnp.asarray(mask.reshape(n_chunks, size, h * w))
 
 
@@ -196,7 +221,10 @@ def _predict(
             "cd,snd->csn", queries, src_feats, precision=jax.lax.Precision.HIGHEST
         )
         aff = aff / jnp.float32(config.temperature)
-        keep = jnp.where(jnp.arange(n_src)[None, :, None] == 0, True, near[:, None])
+        whole = jnp.arange(n_src)[None, :, None] == 0
+        if config.restrict_first:
+            whole = jnp.zeros_like(whole)
+        keep = jnp.where(whole, True, near[:, None])
         keep = keep & valid[None, :, None]
         aff = jnp.where(keep, aff, -jnp.inf).reshape(size, n_src * hw)
         top, idx = jax.lax.top_k(aff, config.topk)
@@ -274,7 +302,9 @@ def propagate(
     if t_len == 1:
         return out
     step = _step_fn(h, w, d, c, config)
-    mask = _neighbourhood(h, w, float(config.radius), config.chunk)
+    mask = _neighbourhood(
+        h, w, float(config.radius), config.chunk, config.neighbourhood
+    )
     first = np.asarray(features[0], np.float32).reshape(h * w, d)
     state = _initial_state(first, first_labels.reshape(h * w, c), config)
     for t in range(1, t_len):

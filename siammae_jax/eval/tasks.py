@@ -15,10 +15,18 @@ from collections.abc import Callable
 import ml_collections
 import numpy as np
 from etils import epath
-from PIL import Image
 from tqdm import tqdm
 
-from siammae_jax.eval import davis, davis_score, jhmdb, pictures, propagation, vip
+from siammae_jax.eval import (
+    davis,
+    davis_score,
+    geometry,
+    jhmdb,
+    pictures,
+    propagation,
+    provenance,
+    vip,
+)
 
 PathLike = str | os.PathLike
 
@@ -36,28 +44,15 @@ def input_size(
 ) -> tuple[int, int]:
     """The encoder's input size: a fixed square ``size``, or the short (long)
     side scaled to ``short_side`` (``long_side``), each side rounded to a
-    multiple of the patch."""
+    multiple of the patch (the ``siammae`` protocol's rules; every rule is in
+    :func:`siammae_jax.eval.geometry.input_size`)."""
     if size:
-        h, w = size, size
+        rule = dict(resize="square", size=size)
     elif short_side:
-        scale = short_side / min(height, width)
-        h, w = height * scale, width * scale
+        rule = dict(resize="short_round", short_side=short_side)
     else:
-        scale = long_side / max(height, width)
-        h, w = height * scale, width * scale
-    return max(patch, round(h / patch) * patch), max(patch, round(w / patch) * patch)
-
-
-def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of uint8 frames [T, H, W, 3] to ``size`` (h, w)."""
-    if frames.shape[1:3] == tuple(size):
-        return frames
-    return np.stack(
-        [
-            np.asarray(Image.fromarray(f).resize(size[::-1], Image.Resampling.BILINEAR))
-            for f in frames
-        ]
-    )
+        rule = dict(resize="long_round", long_side=long_side)
+    return geometry.input_size(height, width, patch, ml_collections.ConfigDict(rule))
 
 
 def prop_config(section: ml_collections.ConfigDict) -> propagation.PropagationConfig:
@@ -68,53 +63,70 @@ def prop_config(section: ml_collections.ConfigDict) -> propagation.PropagationCo
         temperature=section.temperature,
         queue_mode=section.queue_mode,
         chunk=section.chunk,
+        neighbourhood=section.neighbourhood,
+        restrict_first=section.restrict_first,
     )
 
 
-def propagate_video(
+def encoder_input(
+    extract: Extractor, frames: np.ndarray, patch: int, cfg: ml_collections.ConfigDict
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """Features [T, h, w, D] of the frames resized by the protocol's rule,
+    and the input size (height, width) the encoder saw."""
+    size = geometry.input_size(*frames.shape[1:3], patch, cfg)
+    return extract(geometry.resize_frames(frames, size, cfg.frame_resize)), size
+
+
+def propagate_ids(
     extract: Extractor,
     frames: np.ndarray,
-    first_labels: np.ndarray,
-    config: ml_collections.ConfigDict,
-    size: tuple[int, int],
-) -> np.ndarray:
-    """Features of the resized frames, then propagation of frame 0's [H, W, C]
-    labels; returns soft labels on the feature grid [T, h, w, C]."""
-    feats = extract(resize_frames(frames, size))
-    first = propagation.labels_to_grid(first_labels, feats.shape[1:3])
-    return propagation.propagate(feats, first, config)
+    first: np.ndarray,
+    classes: np.ndarray,
+    patch: int,
+    cfg: ml_collections.ConfigDict,
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """Frame 0's label ids ``first`` [H, W] carried through the video.
 
-
-def _argmax_at(soft: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    return propagation.grid_to_labels(soft, size).argmax(-1)
+    Returns ``(ids, input size)``: ids [T, H, W] (values of ``classes``;
+    frame 0 is ``first``) and the encoder's input (height, width).
+    """
+    feats, size = encoder_input(extract, frames, patch, cfg)
+    grid = feats.shape[1:3]
+    labels = geometry.labels_in(first, classes, grid, cfg.labels_in, size)
+    soft = propagation.propagate(feats, labels, prop_config(cfg))
+    hw = first.shape
+    index = [
+        geometry.labels_out(x, hw, size, cfg.labels_out, cfg.norm_mask) for x in soft
+    ]
+    ids = np.asarray(classes)[np.stack(index)]
+    ids[0] = first
+    return ids, size
 
 
 def davis_sequence(
     extract: Extractor, patch: int, root: PathLike, seq: str,
-    cfg: ml_collections.ConfigDict,
+    cfg: ml_collections.ConfigDict, inputs: provenance.Inputs | None = None,
 ) -> tuple[davis.DavisSequence, np.ndarray]:  # fmt: skip
     """One DAVIS sequence and its propagated object ids, uint8 [T, H, W]
-    (frame 0 is the ground truth)."""
+    (frame 0 is the ground truth); its input size goes to ``inputs``."""
     s = davis.load_sequence(root, seq)
     ids = np.array((0, *s.object_ids))
-    onehot = (s.first_mask[..., None] == ids).astype(np.float32)
-    h, w = s.first_mask.shape
-    size = input_size(h, w, patch, short_side=cfg.short_side)
-    soft = propagate_video(extract, s.frames, onehot, prop_config(cfg), size)
-    masks = np.stack([ids[_argmax_at(x, (h, w))] for x in soft]).astype(np.uint8)
-    masks[0] = s.first_mask
-    return s, masks
+    masks, size = propagate_ids(extract, s.frames, s.first_mask, ids, patch, cfg)
+    if inputs is not None:
+        inputs.add(seq, s.frame_names, s.frames.shape[1:3], size)
+    return s, masks.astype(np.uint8)
 
 
 def run_davis(
     extract: Extractor, patch: int, root: PathLike, out: PathLike,
     cfg: ml_collections.ConfigDict, overlays: int = 3, progress: bool = True,
+    inputs: provenance.Inputs | None = None,
 ) -> dict:  # fmt: skip
     """DAVIS-2017 semi-supervised: indexed PNGs, then the official scores."""
     out = epath.Path(out)
     names = davis.read_set(root, cfg.split)
     for i, seq in enumerate(tqdm(names, desc="DAVIS", disable=not progress)):
-        s, masks = davis_sequence(extract, patch, root, seq, cfg)
+        s, masks = davis_sequence(extract, patch, root, seq, cfg, inputs)
         davis.write_masks(out, seq, s.frame_names, masks)
         if i < overlays:
             _save_strip(out / "overlays" / f"{seq}.png", s.frames, masks)
@@ -137,6 +149,7 @@ def _save_strip(path: epath.Path, frames, labels) -> None:
 def run_jhmdb(
     extract: Extractor, patch: int, root: PathLike, out: PathLike,
     cfg: ml_collections.ConfigDict, overlays: int = 3, progress: bool = True,
+    inputs: provenance.Inputs | None = None,
 ) -> dict:  # fmt: skip
     """JHMDB pose propagation: 15 joint heatmaps, top-3 decoding, PCK."""
     out = epath.Path(out)
@@ -145,8 +158,9 @@ def run_jhmdb(
     for i, (cls, name) in enumerate(tqdm(videos, desc="JHMDB", disable=not progress)):
         v = jhmdb.load_video(root, cls, name)
         hw = v.frames.shape[1:3]
-        size = input_size(*hw, patch, size=cfg.size)
-        feats = extract(resize_frames(v.frames, size))
+        feats, size = encoder_input(extract, v.frames, patch, cfg)
+        if inputs is not None:
+            inputs.add(f"{cls}/{name}", [str(len(v.frames))], hw, size)
         first = jhmdb.joint_heatmaps(v.joints[0], hw, feats.shape[1:3], sigma=cfg.sigma)
         soft = propagation.propagate(feats, first, prop_config(cfg))
         pred = jhmdb.decode_joints(soft, hw)
@@ -166,20 +180,25 @@ def run_jhmdb(
 def run_vip(
     extract: Extractor, patch: int, root: PathLike, out: PathLike,
     cfg: ml_collections.ConfigDict, overlays: int = 3, progress: bool = True,
+    inputs: provenance.Inputs | None = None,
 ) -> dict:  # fmt: skip
-    """VIP part propagation: class-index PNGs and mIoU over all frames but 0."""
+    """VIP part propagation: class-index PNGs and mIoU over all frames but 0
+    (all frames with ``cfg.count_first``: frame 0 is the ground truth)."""
     out = epath.Path(out)
     confusion = vip.ConfusionMatrix()
     names = vip.read_list(root, cfg.split)
     for i, name in enumerate(tqdm(names, desc="VIP", disable=not progress)):
         v = vip.load_video(root, name)
         hw = v.labels.shape[1:3]
-        size = input_size(*hw, patch, long_side=cfg.long_side)
-        onehot = vip.onehot(v.labels[0])
-        soft = propagate_video(extract, v.frames, onehot, prop_config(cfg), size)
-        preds = np.stack([_argmax_at(x, hw) for x in soft]).astype(np.uint8)
+        vip.onehot(v.labels[0])  # Checks the label values.
+        first = np.where(v.labels[0] == vip.VOID, 0, v.labels[0])
+        classes = np.arange(vip.NUM_CLASSES)
+        preds, size = propagate_ids(extract, v.frames, first, classes, patch, cfg)
+        preds = preds.astype(np.uint8)
         preds[0] = v.labels[0]
-        for t in range(1, len(preds)):
+        if inputs is not None:
+            inputs.add(name, v.frame_names, hw, size)
+        for t in range(0 if cfg.count_first else 1, len(preds)):
             confusion.update(preds[t], v.labels[t])
         vip.write_parts(out, name, v.frame_names, preds)
         if i < overlays:

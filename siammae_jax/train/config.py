@@ -9,6 +9,7 @@ import ml_collections
 from absl import logging
 
 from siammae_jax.data import pairs
+from siammae_jax.eval import protocols
 from siammae_jax.models import definition
 from siammae_jax.train import mesh as mesh_lib
 from siammae_jax.train import optim
@@ -111,6 +112,10 @@ def _eval_checks(config: ml_collections.ConfigDict) -> list[tuple[bool, str]]:
         (e.max_videos >= 1, f"eval.max_videos={e.max_videos} must be >= 1"),
         (e.max_seconds > 0, f"eval.max_seconds={e.max_seconds} must be > 0"),
         (e.batch_size >= 1, f"eval.batch_size={e.batch_size} must be >= 1"),
+        (
+            e.get("protocol", "siammae") in protocols.names(),
+            f"eval.protocol={e.get('protocol')!r} must be one of {protocols.names()}",
+        ),
         (
             e.data != "synthetic"
             or not synthetic_train

@@ -5,8 +5,12 @@ encoder parameters (on the devices, never copied to the host) encode the
 held-out sequences on the training mesh: each batch of frames is split over
 the data-parallel axes and the features are gathered. Label propagation,
 predicted masks and scores are those of ``python -m siammae_jax.eval davis``
-(``eval.tasks.davis_sequence``, ``eval.davis_score``) with the settings of
-``config.eval.davis``, so a checkpoint scored there gets the same J&F.
+(``eval.tasks.davis_sequence``, ``eval.davis_score``) under the protocol
+``config.eval.protocol`` with the fields of ``config.eval.davis`` that differ
+from the ``siammae`` protocol as departures (see ``eval.protocols.resolve``),
+so a checkpoint scored there gets the same J&F. Each evaluation writes its
+``summary.json`` (protocol, inputs, step, version, commit) beside its
+predictions.
 
 Every process encodes and propagates every sequence (they must take part in
 each sharded encoder call anyway); process 0 writes the predictions to
@@ -51,7 +55,16 @@ from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
 from siammae_jax.data import pairs, synthetic
-from siammae_jax.eval import davis, davis_score, encoder, pictures, tasks
+from siammae_jax.eval import (
+    davis,
+    davis_score,
+    encoder,
+    pictures,
+    protocols,
+    provenance,
+    tasks,
+)
+from siammae_jax.eval import summary as summary_lib
 from siammae_jax.models.definition import ModelDef
 from siammae_jax.train import mesh as mesh_lib
 from siammae_jax.weights import params as weight_params
@@ -95,6 +108,10 @@ class OnlineDavis:
         progress: bool = False,
     ):
         self.cfg = config.eval
+        self.protocol = config.eval.get("protocol", "siammae")
+        self.section, self.departures = protocols.resolve(
+            self.protocol, "davis", config.eval.davis
+        )
         self.seed = config.seed
         self.model_def = model_def
         self.mesh = mesh
@@ -107,10 +124,16 @@ class OnlineDavis:
             else epath.Path(tempfile.mkdtemp(prefix="siammae_eval_"))
         )
         self.root = self._data_root(config, workdir, local)
+        if any(self.section.pre_resize):  # The protocol scores a resized copy.
+            h, w = self.section.pre_resize
+            copy = tempfile.mkdtemp(prefix=f"siammae_davis_{h}x{w}_")
+            self.root = epath.Path(
+                davis.resized_copy(self.root, copy, self.section.split, (h, w))
+            )
         self._names_file = workdir / SEQUENCES_FILE
         self._settings = {
             "data": self.cfg.data,
-            "split": self.cfg.davis.split,
+            "split": self.section.split,
             "max_videos": self.cfg.max_videos,
             "max_seconds": self.cfg.max_seconds,
         }
@@ -121,10 +144,13 @@ class OnlineDavis:
         self.failures = 0
         vit = weight_params.build_encoder(config.model.encoder, config.model.image_size)
         self.patch = vit.patch
+        self.variant = vit.variant
         data_parallel = math.prod(mesh.shape[a] for a in mesh_lib.BATCH_AXES)
         self.batch = math.ceil(self.cfg.batch_size / data_parallel) * data_parallel
         self._frames_sharding = mesh_lib.batch_sharding(mesh)
-        self._features = _features_fn(vit, NamedSharding(mesh, PartitionSpec()))
+        self._features = _features_fn(
+            vit, NamedSharding(mesh, PartitionSpec()), self.section
+        )
 
     # ---------------------------------------------------------------- data
 
@@ -249,6 +275,7 @@ class OnlineDavis:
         except (OSError, ValueError) as e:
             return self._failed(f"no sequences to evaluate: {e}", start)
         done, images = [], {}
+        inputs = provenance.Inputs()
         extract = self._extract(params)
         bar = tqdm(
             names,
@@ -259,7 +286,7 @@ class OnlineDavis:
         for seq in bar:
             try:
                 s, masks = tasks.davis_sequence(
-                    extract, self.patch, self.root, seq, self.cfg.davis
+                    extract, self.patch, self.root, seq, self.section, inputs
                 )
             except (OSError, ValueError) as e:
                 self.failures += 1
@@ -282,6 +309,8 @@ class OnlineDavis:
             self._fix(names, done)
         scores = self._score(out, done)
         seconds = time.perf_counter() - start
+        if self.is_main and scores is not None:
+            self._write_summary(out, scores, inputs, step, random_init)
         scalars = {
             f"{PREFIX}videos{suffix}": len(done),
             f"{PREFIX}failures": self.failures,
@@ -307,9 +336,9 @@ class OnlineDavis:
     def _sequences(self) -> list[str]:
         if self.names is not None:
             return self.names
-        names = davis.read_set(self.root, self.cfg.davis.split)
+        names = davis.read_set(self.root, self.section.split)
         if not names:
-            raise ValueError(f"split {self.cfg.davis.split!r} of {self.root} is empty")
+            raise ValueError(f"split {self.section.split!r} of {self.root} is empty")
         return names[: self.cfg.max_videos]
 
     def _fix(self, names: list[str], done: list[str]) -> None:
@@ -334,10 +363,11 @@ class OnlineDavis:
         values = np.full(len(SCORES), np.nan)
         if self.is_main and done:
             try:
+                split = self.section.split
                 row, rows = davis_score.score(
-                    self.root, out, self.cfg.davis.split, progress=False, names=done
+                    self.root, out, split, progress=False, names=done
                 )
-                davis_score.write_csvs(out, row, rows, self.cfg.davis.split)
+                davis_score.write_csvs(out, row, rows, split)
                 values = np.array([row[c] for c in SCORES.values()])
             except (OSError, ValueError) as e:
                 logging.warning("online eval: scoring failed: %s", e)
@@ -350,6 +380,24 @@ class OnlineDavis:
             self.failures += bool(done)
             return None
         return dict(zip(SCORES, (float(v) for v in values), strict=True))
+
+    def _write_summary(
+        self, out: epath.Path, scores: dict, inputs, step: int, random_init: bool
+    ) -> None:
+        """``out/summary.json``: the offline CLI's record for this evaluation."""
+        protocol = provenance.protocol_record(
+            self.protocol, self.section.to_dict(), self.departures
+        )
+        kind = "random-init twin" if random_init else "train state"
+        result = provenance.record(
+            "davis",
+            {SCORES[k]: v for k, v in scores.items()},
+            protocol,
+            inputs,
+            {"kind": kind, "step": step, "variant": self.variant},
+            data=str(self.root),
+        )
+        summary_lib.write_json(out / "summary.json", result)
 
     def _failed(self, message: str, start: float) -> Result:
         self.failures += 1
@@ -376,16 +424,19 @@ def _held_out_settings(base: epath.Path) -> dict | None:
         return None
 
 
-def _features_fn(vit, replicated: NamedSharding):
+def _features_fn(vit, replicated: NamedSharding, section):
     """Jitted ``(encoder params, uint8 frames) -> features``, gathered on every
-    device; float32 like the evaluation CLI's encoder."""
+    device; float32 like the evaluation CLI's encoder, with the protocol's
+    image statistics and position-embedding rule."""
     graphdef, _, rest = nnx.split(vit, nnx.Param, ...)
     rest = nnx.to_pure_dict(rest)
+    mean, std = np.asarray(section.mean), np.asarray(section.std)
 
     @functools.partial(jax.jit, out_shardings=replicated)
     def eval_features(params, frames):
         model = nnx.merge(graphdef, params, rest)
-        return model.features(pairs.normalize(frames))
+        model.pos_interp = section.pos_interp
+        return model.features(pairs.normalize(frames, mean, std))
 
     return eval_features
 
