@@ -113,6 +113,9 @@ def backbone(
         model, model_config = weights.load(path, variant)
         features = weights.encoder_of(model, model_config)
         record = {"kind": kind, "path": str(path), "variant": features.variant}
+        record.update(
+            {k: model_config[k] for k in ("layout", "branch") if k in model_config}
+        )
         record.update(_describe(where))
     elif isinstance(features, SiamMAE):
         features = features.encoder
