@@ -303,7 +303,8 @@ EVAL_DEFAULTS = {
     ),
     "jhmdb": dict(
         split=1, resize="square", size=320, sigma=0.5, heatmap="gaussian",
-        coords="centre", decode_topk=3, topk=7, queue=20, radius=20, **_INPUT,
+        coords="centre", decode_topk=3, pck_invalid="miss", topk=7, queue=20,
+        radius=20, **_INPUT,
     ),
     "vip": dict(
         split="val", resize="long_round", long_side=880, count_first=False,

@@ -371,3 +371,46 @@ def test_a_jax_encoder_and_its_function_score_alike(davis_root, tmp_path):
     assert as_model["weights"]["kind"] == "jax"
     assert len(as_model["weights"]["sha256"]) == 64
     assert provenance.compare(as_model, as_fn)[0]
+
+
+@pytest.mark.parametrize(
+    ("protocol", "patch", "grid"), [("crw", 8, 40), ("480x880", 16, 20)]
+)
+def test_jhmdb_inputs_give_the_sources_grids(protocol, patch, grid):
+    """videowalk: 320x320 at stride 8 (eval_pck's feat_res 40); CropMAE:
+    320x320 at patch 16 (feat_res [20, 20]); any frame shape (square resize)."""
+    section = _section(protocol, "jhmdb")
+    for h, w in ((240, 320), (320, 240)):
+        size = geometry.input_size(h, w, patch, section)
+        assert size == (320, 320) and size[0] // patch == grid
+
+
+def test_jhmdb_runner_follows_the_protocols_rules(tmp_path):
+    """run_jhmdb under crw: videowalk's heatmaps in, corner decoding out, PCK
+    with invisible joints skipped; the written joints equal that composition."""
+    from siammae_jax.eval import jhmdb
+
+    synthetic.write_dataset(tmp_path, videos=1, frames=4, size=(48, 64), progress=False)
+    root = tmp_path / "JHMDB"
+    section = _section("crw", "jhmdb", size=64)
+    result = run.evaluate(
+        "jhmdb", _colour_features, root, "crw", tmp_path / "out",
+        overrides={"size": 64}, patch=8, overlays=0, progress=False,
+    )  # fmt: skip
+    ((cls, name),) = jhmdb.read_split(root, section.split)
+    v = jhmdb.load_video(root, cls, name)
+    frames = geometry.resize_frames(v.frames, (64, 64), "cv2_linear")
+    feats = run.CallableFeatures(_colour_features, 8)(frames)
+    first = jhmdb.joint_heatmaps(
+        v.joints[0], (48, 64), (8, 8), sigma=0.5, style="crw", coords="corner"
+    )
+    config = propagation.PropagationConfig(**_prop(section))
+    soft = propagation.propagate(feats, first, config)
+    want = jhmdb.decode_joints(soft, (48, 64), topk=3, coords="corner")
+    written = json.loads(
+        (tmp_path / "out" / cls / name / "joint_positions.json").read_text()
+    )
+    got = np.array(written["joints"], dtype=float)
+    np.testing.assert_allclose(got, want)
+    pck = jhmdb.pck([want], [v.joints], invalid="skip")
+    assert result["scores"]["PCK@0.1"] == pytest.approx(pck["PCK@0.1"])

@@ -98,6 +98,7 @@ SIAMMAE = {
         "heatmap": _v("gaussian", OURS + ": continuous Gaussians, half-pixel"),
         "coords": _v("centre", OURS + ": half-pixel cell centres"),
         "decode_topk": _v(3, OURS + ": videowalk's process_pose top-3"),
+        "pck_invalid": _v("miss", OURS + ": a joint that cannot be decoded misses"),
         "topk": _v(7, PAPER),
         "radius": _v(20.0, PAPER),
         **_SIAMMAE_PROPAGATION,
@@ -167,6 +168,25 @@ CRW_DAVIS = {
     **_CRW_PROPAGATION,
 }
 
+_MASK_ONLY = ("labels_", "norm_mask")  # settings of mask benchmarks only
+
+CRW_JHMDB = {
+    "resize": _v("square", CRW + "data/jhmdb.py:206-219 `ratio = 1.0`"),
+    "size": _v(320, CRW + "utils/arguments.py:35 `--cropSize default=320`"),
+    "sigma": _v(0.5, CRW + "data/jhmdb.py:126 `sigma=0.5`"),
+    "heatmap": _v("crw", CRW + "data/jhmdb.py:287-319 draw_labelmap, :266"),
+    "coords": _v("corner", CRW + "data/jhmdb.py:233-239; eval/eval_pck.py:62-63"),
+    "decode_topk": _v(3, CRW + "utils/test_utils.py:55 `process_pose(topk=3)`"),
+    "pck_invalid": _v("skip", CRW + "eval/eval_pck.py:53-56 visible joints only"),
+    "topk": _v(
+        10, CRW + "utils/arguments.py:28 `--topk default=10` (no README command)"
+    ),
+    "radius": _v(12.0, CRW + "utils/arguments.py:30 `--radius default=12`"),
+    "temperature": _v(0.07, CRW + "utils/arguments.py:26 `--temperature 0.07`"),
+    **{k: v for k, v in _CRW_PROPAGATION.items() if not k.startswith(_MASK_ONLY)},
+    "queue_mode": _v("videowalk", CRW + "data/jhmdb.py:163,168-170 front padding"),
+}
+
 # ----------------------------------------------------------------- 480x880
 # CropMAE's downstreams/propagation (videowalk's test.py ported to ViTs);
 # T-CoRe (yafeng19/T-CORE@67c8bf9) copies it with the same defaults.
@@ -219,11 +239,23 @@ VIP_480x880 = {
     "norm_mask": _CROPMAE_MASKS["norm_mask"],
 }
 
+JHMDB_480x880 = {
+    "resize": _v("square", CROPMAE + "util.py:39 `--jhmdb_crop_size [320, 320]`"),
+    "size": _v(320, CROPMAE + "util.py:39"),
+    "sigma": _v(0.5, CROPMAE + "src/data/jhmdb.py:89 `sigma=0.5`"),
+    "heatmap": _v("crw", CROPMAE + "src/data/jhmdb.py draw_labelmap (videowalk's)"),
+    "coords": _v("corner", CROPMAE + "src/data/jhmdb.py:216; src/eval/eval_pck.py"),
+    "decode_topk": _v(5, CROPMAE + "src/utils/test_utils.py:55 `topk=5`"),
+    "pck_invalid": _v("skip", CROPMAE + "src/eval/eval_pck.py (videowalk's)"),
+    "topk": _v(7, CROPMAE + "downstreams/propagation/util.py:36"),
+    **_CROPMAE_PROPAGATION,
+}
+
 PROTOCOLS: dict[str, dict[str, dict[str, Value]]] = {
     "siammae": SIAMMAE,
     "dino": {"davis": DINO_DAVIS},
-    "crw": {"davis": CRW_DAVIS},
-    "480x880": {"davis": DAVIS_480x880, "vip": VIP_480x880},
+    "crw": {"davis": CRW_DAVIS, "jhmdb": CRW_JHMDB},
+    "480x880": {"davis": DAVIS_480x880, "jhmdb": JHMDB_480x880, "vip": VIP_480x880},
 }
 
 # Where a source defines no protocol for a benchmark, and why.

@@ -161,9 +161,12 @@ def run_jhmdb(
         feats, size = encoder_input(extract, v.frames, patch, cfg)
         if inputs is not None:
             inputs.add(f"{cls}/{name}", [str(len(v.frames))], hw, size)
-        first = jhmdb.joint_heatmaps(v.joints[0], hw, feats.shape[1:3], sigma=cfg.sigma)
+        grid = feats.shape[1:3]
+        first = jhmdb.joint_heatmaps(
+            v.joints[0], hw, grid, sigma=cfg.sigma, style=cfg.heatmap, coords=cfg.coords
+        )
         soft = propagation.propagate(feats, first, prop_config(cfg))
-        pred = jhmdb.decode_joints(soft, hw)
+        pred = jhmdb.decode_joints(soft, hw, topk=cfg.decode_topk, coords=cfg.coords)
         jhmdb.write_predictions(out, cls, name, pred)
         preds.append(pred)
         truths.append(v.joints)
@@ -172,7 +175,7 @@ def run_jhmdb(
             images = [pictures.skeleton(v.frames[t], pred[t]) for t in picks]
             (out / "overlays").mkdir(parents=True, exist_ok=True)
             pictures.save(out / "overlays" / f"{name}.png", pictures.strip(images))
-    results = jhmdb.pck(preds, truths)
+    results = jhmdb.pck(preds, truths, invalid=cfg.pck_invalid)
     jhmdb.write_summary(out, results)
     return {k: v for k, v in results.items() if k.startswith("PCK@")}
 
