@@ -179,3 +179,29 @@ def test_a_resumed_run_scores_the_sequences_its_first_evaluation_fixed(
     assert resumed(params, 10).scalars["eval/davis/videos"] == 1
     # Other held-out settings: the saved list no longer applies.
     assert _online(_config(heldout, max_videos=2), tmp_path).names is None
+
+
+def test_a_named_protocol_online_equals_the_cli_and_is_recorded(
+    online, heldout, tmp_path
+):
+    """eval.protocol=crw: the online J&F is the CLI's under the same protocol
+    (and the same departure, short_side), and its summary.json says so."""
+    import json
+
+    from siammae_jax.eval import run
+
+    _, params, _ = online
+    config = _config(heldout, protocol="crw")
+    ev = _online(config, tmp_path / "run")
+    result = ev(params, 7)
+    model = weight_params.encoder_from(config.model, jax.device_get(params), "test")
+    want = run.evaluate(
+        "davis", model, heldout, "crw", tmp_path / "cli",
+        overrides={"short_side": 32}, overlays=0, progress=False,
+    )  # fmt: skip
+    assert result.jf == pytest.approx(want["scores"]["J&F-Mean"], abs=1e-6)
+    written = json.loads((ev.out / "summary.json").read_text())
+    assert written["protocol"] == want["protocol"]
+    assert written["protocol"]["settings"]["temperature"] == 0.05
+    assert written["inputs"] == want["inputs"]
+    assert written["weights"]["step"] == 7
