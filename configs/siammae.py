@@ -47,6 +47,13 @@ def get_config(arg: str = "vits16") -> ml_collections.ConfigDict:
     c.model.decoder_depth = 8  # assumed (MAE)
     c.model.decoder_heads = 16  # assumed (MAE)
     c.model.norm_pix_loss = True  # assumed (MAE)
+    # MAE's conventions (models_mae.py), assumed: the norm-pix target divides by
+    # the unbiased per-patch variance (`target.var(dim=-1)`, torch's n - 1: ddof
+    # 1; 0 is the population variance), and f2 keeps `len_keep = int(L * (1 -
+    # mask_ratio))` visible patches ("int": 9 of 196 at 0.95; "round": 10).
+    # Configs saved before these fields existed were trained with 0 and "round".
+    c.model.norm_pix_ddof = 1
+    c.model.visible_rule = "int"
     c.model.dtype = "bfloat16"  # compute dtype; parameters stay float32
     # Attention kernel (jax.nn.dot_product_attention): xla, cudnn (flash
     # attention; bfloat16, GPU) or auto (cudnn where it applies, else xla).

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from flax import nnx
 
 from siammae_jax.train import checkpoint
 from siammae_jax.train.state import TrainState
@@ -72,6 +73,73 @@ def test_model_changes_name_what_blocks_a_resume():
         "mask_ratio: 0.95 (the default; not saved) -> 0.9"
     ]
     assert loop.model_changes({}, {"nonsense": 1}) == ["nonsense: None -> 1"]
+
+
+def test_a_checkpoint_predating_maes_conventions_resumes_only_with_the_old_ones():
+    """A saved model section without ``norm_pix_ddof`` / ``visible_rule`` was
+    trained with the population variance and rounding: it resumes with 0 and
+    ``round``, and today's defaults (1, ``int``) are changes that block it."""
+    from siammae_jax.train import loop  # imports TensorFlow (clu): only here
+
+    old = {"encoder": "test/8", "mask_ratio": 0.9}
+    assert loop.model_changes(old, {**old, "norm_pix_ddof": 0}) == []
+    assert loop.model_changes(old, {**old, "visible_rule": "round"}) == []
+    assert loop.model_changes(
+        old, {**old, "norm_pix_ddof": 1, "visible_rule": "int"}
+    ) == [
+        "norm_pix_ddof: 0 (before the field existed; not saved) -> 1",
+        "visible_rule: 'round' (before the field existed; not saved) -> 'int'",
+    ]
+    new = {**old, "norm_pix_ddof": 1, "visible_rule": "int"}
+    assert loop.model_changes(new, new) == []
+    assert loop.model_changes(new, {**new, "visible_rule": "round"}) == [
+        "visible_rule: 'int' -> 'round'"
+    ]
+
+
+def test_a_checkpoint_predating_maes_conventions_loads_with_the_old_ones(tmp_path):
+    """``weights.load`` of a workdir whose saved model section lacks the fields
+    builds the model it trained (ddof 0, ``round``: round(16 x 0.1) = 2 visible
+    f2 patches); one that has them keeps them (1, ``int``: 1 patch). The model
+    of an export's config (``model_from``) follows the same rule."""
+    from conftest import TEST_MODEL
+
+    from siammae_jax import weights
+    from siammae_jax.models import SiamMAE
+    from siammae_jax.models.definition import ModelDef
+    from siammae_jax.weights import params as weight_params
+
+    mae = {"norm_pix_ddof": 1, "visible_rule": "int"}
+    model = {k: v for k, v in TEST_MODEL.items() if k not in mae}
+    model["mask_ratio"] = 0.9
+    params = ModelDef.from_config({**model, **mae}).init_params(jax.random.key(0))
+    frame = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+    for name, saved, want, visible in [
+        ("old", model, (0, "round"), 2),
+        ("new", {**model, **mae}, (1, "int"), 1),
+    ]:
+        ckpt = checkpoint.Checkpointer(
+            tmp_path / name / "checkpoints", every=1, async_save=False
+        )
+        data = iter(grain.MapDataset.range(2).to_iter_dataset())
+        config = ml_collections.ConfigDict({"model": saved})
+        assert ckpt.save(1, {"params": params}, data, config, force=True)
+        ckpt.close()
+        loaded, model_config = weights.load(tmp_path / name)
+        assert isinstance(loaded, SiamMAE)
+        assert (loaded.norm_pix_ddof, loaded.visible_rule) == want
+        assert (model_config["norm_pix_ddof"], model_config["visible_rule"]) == want
+        graphdef, state = nnx.split(loaded)
+        z2 = jax.eval_shape(
+            lambda s, a, g=graphdef: nnx.merge(g, s).encode_pair(
+                a, a, jax.random.key(0)
+            )[1],
+            state,
+            frame,
+        )
+        assert z2.shape == (1, 1 + visible, 32)
+        exported = weight_params.model_from(saved, params, "export")
+        assert (exported.norm_pix_ddof, exported.visible_rule) == want
 
 
 def _save_steps(ckpt, steps, *, force=False):

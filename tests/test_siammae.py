@@ -12,6 +12,9 @@ from flax import nnx
 from siammae_jax.models import SiamMAE, siammae, vit
 
 PATCH, GRID = 8, (4, 4)
+# TINY's 4x4 grid keeps int(16 x 0.05) = 0 patches at the default 95% masking:
+# tests that need a model but not a mask ratio take MAE's 75% (4 visible).
+MAE_RATIO = 0.75
 
 
 def _frames(seed=0, batch=4):
@@ -28,30 +31,105 @@ def _patch_mask_to_pixels(mask):
     return np.kron(m, np.ones((PATCH, PATCH)))[..., None]
 
 
+@pytest.mark.parametrize("rule", ["int", "round"])
 @pytest.mark.parametrize("ratio", [0.95, 0.75, 0.5, 0.1])
-def test_mask_counts_and_randomness(ratio):
+def test_mask_counts_and_randomness(ratio, rule):
     n, b = 196, 8
-    visible, restore, mask = siammae.random_mask(jax.random.key(0), b, n, ratio)
-    keep = round(n * (1 - ratio))
+    visible, restore, mask = siammae.random_mask(jax.random.key(0), b, n, ratio, rule)
+    keep = int(n * (1 - ratio)) if rule == "int" else round(n * (1 - ratio))
     assert visible.shape == (b, keep)
     np.testing.assert_array_equal(np.asarray(mask).sum(1), n - keep)
     for i in range(b):  # visible indices are exactly the unmasked patches
         assert set(np.asarray(visible[i])) == set(np.flatnonzero(mask[i] == 0))
         np.testing.assert_array_equal(np.sort(restore[i]), np.arange(n))
     assert len({tuple(np.sort(v)) for v in np.asarray(visible)}) == b
-    again = siammae.random_mask(jax.random.key(0), b, n, ratio)[2]
+    again = siammae.random_mask(jax.random.key(0), b, n, ratio, rule)[2]
     np.testing.assert_array_equal(mask, again)
-    other = siammae.random_mask(jax.random.key(1), b, n, ratio)[2]
+    other = siammae.random_mask(jax.random.key(1), b, n, ratio, rule)[2]
     assert not np.array_equal(mask, other)
 
 
+# (N, mask_ratio, MAE's int(N x (1 - r)), round(N x (1 - r))), worked out by hand
+# from the float products: 196 x 0.05 = 9.8; 10 x (1 - 0.9) = 0.9999999999999998
+# in floating point (MAE keeps 0 there, not 1); 16 x 0.0625 = 1 exactly.
+VISIBLE_COUNTS = [
+    (196, 0.95, 9, 10),
+    (196, 0.75, 49, 49),
+    (784, 0.95, 39, 39),
+    (256, 0.95, 12, 13),
+    (64, 0.9, 6, 6),
+    (16, 0.9, 1, 2),
+    (16, 0.95, 0, 1),
+    (10, 0.9, 0, 1),
+    (16, 0.9375, 1, 1),
+    (24, 0.5, 12, 12),
+]
+
+
+@pytest.mark.parametrize("n, ratio, floor, nearest", VISIBLE_COUNTS)
+def test_visible_count_is_maes_int_or_the_old_round(n, ratio, floor, nearest):
+    """``int`` is MAE's ``len_keep = int(L * (1 - mask_ratio))`` (the default),
+    ``round`` the earlier rule; the mask drawn keeps exactly that many."""
+    assert (floor, nearest) == (int(n * (1 - ratio)), round(n * (1 - ratio)))
+    assert siammae.num_visible(n, ratio) == floor
+    assert siammae.num_visible(n, ratio, "int") == floor
+    assert siammae.num_visible(n, ratio, "round") == nearest
+    for rule, keep in (("int", floor), ("round", nearest)):
+        visible, _, mask = siammae.random_mask(jax.random.key(1), 3, n, ratio, rule)
+        assert visible.shape == (3, keep)
+        np.testing.assert_array_equal(np.asarray(mask).sum(1), n - keep)
+    with pytest.raises(ValueError, match="visible_rule='floor' must be one of"):
+        siammae.num_visible(n, ratio, "floor")
+
+
+@pytest.mark.parametrize("rule, keep", [("int", 1), ("round", 2)])
+def test_model_encodes_the_rules_count_of_f2_patches(rule, keep):
+    """TINY at 90% masking: int(16 x 0.1) = 1 visible f2 patch (MAE), round: 2;
+    the encoder sees exactly those, the mask hides the rest."""
+    model = SiamMAE(**{**TINY, "visible_rule": rule}, mask_ratio=0.9, rngs=nnx.Rngs(0))
+    f1, f2 = _frames(batch=2)
+    z1, z2, restore, mask = model.encode_pair(f1, f2, jax.random.key(4))
+    assert z1.shape == (2, 17, 32) and z2.shape == (2, 1 + keep, 32)
+    np.testing.assert_array_equal(np.asarray(mask).sum(1), 16 - keep)
+
+
+def _maes_norm_pix(x, ddof):
+    """MAE's forward_loss target in float64: ``(x - mean) / (var + 1e-6) ** 0.5``
+    per patch, the variance with ``ddof`` (torch's ``var`` default: 1)."""
+    x = np.asarray(x, np.float64)
+    mean = x.sum(-1, keepdims=True) / x.shape[-1]
+    var = ((x - mean) ** 2).sum(-1, keepdims=True) / (x.shape[-1] - ddof)
+    return (x - mean) / (var + 1e-6) ** 0.5
+
+
 def test_norm_pix_matches_numpy():
+    """Default ddof 1 (MAE's unbiased variance), ddof 0 the population one; on
+    48 pixels a patch's values differ by sqrt(48/47) between the two."""
     x = np.random.default_rng(0).normal(3.0, 2.0, (2, 5, 48)).astype(np.float32)
-    mean = x.mean(-1, keepdims=True)
-    var = ((x - mean) ** 2).mean(-1, keepdims=True)
-    np.testing.assert_allclose(
-        siammae.norm_pix(jnp.asarray(x)), (x - mean) / np.sqrt(var + 1e-6), atol=1e-5
+    unbiased, population = _maes_norm_pix(x, 1), _maes_norm_pix(x, 0)
+    np.testing.assert_allclose(siammae.norm_pix(jnp.asarray(x)), unbiased, atol=1e-5)
+    got = siammae.norm_pix(jnp.asarray(x), ddof=1)
+    np.testing.assert_allclose(got, unbiased, atol=1e-5)
+    got = siammae.norm_pix(jnp.asarray(x), ddof=0)
+    np.testing.assert_allclose(got, population, atol=1e-5)
+    np.testing.assert_allclose(population / unbiased, np.sqrt(48 / 47), rtol=1e-6)
+
+
+@pytest.mark.parametrize("ddof", [0, 1])
+def test_model_target_is_maes_norm_pix(ddof):
+    """The model's target with ``norm_pix_ddof``: f2's patches normalised with
+    that variance (numpy from MAE's formula)."""
+    model = SiamMAE(
+        **{**TINY, "mask_ratio": 0.5, "norm_pix_ddof": ddof}, rngs=nnx.Rngs(0)
     )
+    assert model.norm_pix_ddof == ddof
+    f1, f2 = _frames(batch=2)
+    out = model(f1, f2, jax.random.key(0))
+    patches = np.asarray(f2).reshape(2, 4, 8, 4, 8, 3).transpose(0, 1, 3, 2, 4, 5)
+    want = _maes_norm_pix(patches.reshape(2, 16, 192), ddof)
+    np.testing.assert_allclose(out.target, want, atol=1e-5)
+    other = _maes_norm_pix(patches.reshape(2, 16, 192), 1 - ddof)
+    assert np.abs(np.asarray(out.target) - other).max() > 1e-3
 
 
 def test_loss_ignores_visible_patches():
@@ -66,10 +144,10 @@ def test_loss_ignores_visible_patches():
     np.testing.assert_allclose(siammae.masked_l2(pred2, target2, mask), loss, rtol=1e-6)
 
 
-def test_model_loss_is_masked_l2_of_norm_pix(tiny_apply):
+def test_model_loss_is_masked_l2_of_norm_pix(tiny_model, tiny_apply):
     f1, f2 = _frames()
     out = tiny_apply(f1, f2, jax.random.key(3))
-    target = siammae.norm_pix(vit.patchify(f2, PATCH))
+    target = _maes_norm_pix(vit.patchify(f2, PATCH), tiny_model.norm_pix_ddof)
     np.testing.assert_allclose(out.target, target, atol=1e-5)
     want = siammae.masked_l2(out.pred, target, out.mask)
     np.testing.assert_allclose(out.loss, want, rtol=1e-5)
@@ -107,7 +185,9 @@ def test_prediction_depends_on_f1(tiny_apply):
 
 @pytest.mark.parametrize("decoder_type", ["cross", "joint"])
 def test_other_decoders_wire_f1(decoder_type):
-    model = SiamMAE(**TINY, decoder_type=decoder_type, rngs=nnx.Rngs(0))
+    model = SiamMAE(
+        **TINY, decoder_type=decoder_type, mask_ratio=MAE_RATIO, rngs=nnx.Rngs(0)
+    )
     f1, f2 = _frames(batch=2)
     out = model(f1, f2, jax.random.key(0), return_attention=True)
     out2 = model(f1 + 1.0, f2, jax.random.key(0))
@@ -119,7 +199,11 @@ def test_other_decoders_wire_f1(decoder_type):
 
 def test_cross_block_has_no_self_attention():
     def count(t):
-        m = nnx.eval_shape(lambda: SiamMAE(**TINY, decoder_type=t, rngs=nnx.Rngs(0)))
+        m = nnx.eval_shape(
+            lambda: SiamMAE(
+                **TINY, decoder_type=t, mask_ratio=MAE_RATIO, rngs=nnx.Rngs(0)
+            )
+        )
         return sum(x.size for x in jax.tree.leaves(nnx.state(m.decoder_blocks)))
 
     d = TINY["decoder_dim"]
@@ -132,7 +216,7 @@ def test_bfloat16_compute_close_to_float32():
     key = jax.random.key(5)
     losses = {}
     for dtype in (jnp.float32, jnp.bfloat16):
-        model = SiamMAE(**TINY, dtype=dtype, rngs=nnx.Rngs(0))
+        model = SiamMAE(**TINY, dtype=dtype, mask_ratio=MAE_RATIO, rngs=nnx.Rngs(0))
         out = model(f1, f2, key)
         assert out.pred.dtype == dtype
         assert jax.tree.leaves(nnx.state(model, nnx.Param))[0].dtype == jnp.float32
@@ -325,12 +409,23 @@ def test_decoder_matches_float64_numpy_reference(tiny_model):
 
 def test_defaults_are_the_papers():
     """SiamMAE() is the paper's ViT-S/16 at 224 px, 95% masking, cross-self
-    decoder 512 wide, 8 blocks of 16 heads, MLP ratio 4, norm-pix loss."""
+    decoder 512 wide, 8 blocks of 16 heads, MLP ratio 4, norm-pix loss; MAE's
+    unbiased norm-pix variance and int(196 x 0.05) = 9 visible f2 patches."""
     m = nnx.eval_shape(lambda: SiamMAE(rngs=nnx.Rngs(0)))
     assert (m.encoder.width, len(m.encoder.blocks), m.encoder.patch) == (384, 12, 16)
     assert m.encoder.blocks[0].attn.num_heads == 6
     assert m.encoder.grid == (14, 14)
     assert (m.mask_ratio, m.decoder_type, m.norm_pix_loss) == (0.95, "cross_self", True)
+    assert (m.norm_pix_ddof, m.visible_rule) == (1, "int")
+    f = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
+    graphdef, state = nnx.split(m)
+    z2 = jax.eval_shape(
+        lambda s, a, b: nnx.merge(graphdef, s).encode_pair(a, b, jax.random.key(0))[1],
+        state,
+        f,
+        f,
+    )
+    assert z2.shape == (1, 1 + 9, 384)
     assert m.decoder_embed.kernel.shape == (384, 512)
     assert len(m.decoder_blocks) == 8
     blk = m.decoder_blocks[0]
@@ -348,7 +443,9 @@ def test_dtypes_reach_encoder_and_decoder(monkeypatch):
     (mask token and position embeddings cast, not promoting the stream to f32);
     param_dtype bf16: every parameter, the encoder's included, is stored in bf16."""
     m = nnx.eval_shape(
-        lambda: SiamMAE(**TINY, param_dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+        lambda: SiamMAE(
+            **TINY, param_dtype=jnp.bfloat16, mask_ratio=MAE_RATIO, rngs=nnx.Rngs(0)
+        )
     )
     dtypes = {x.dtype for x in jax.tree.leaves(nnx.state(m, nnx.Param))}
     assert dtypes == {jnp.dtype(jnp.bfloat16)}
@@ -419,7 +516,7 @@ def test_raw_pixel_target_is_float32_patches(tiny_model):
 
 def test_norm_pix_float32_and_constant_patches():
     """Constant patches normalise to zeros (eps keeps the variance positive);
-    bf16 patches are normalised in float32."""
+    bf16 patches are normalised in float32 (MAE's unbiased variance)."""
     flat = np.full((1, 2, 12), 3.5, np.float32)
     out = np.asarray(siammae.norm_pix(jnp.asarray(flat)))
     assert np.isfinite(out).all()
@@ -428,11 +525,7 @@ def test_norm_pix_float32_and_constant_patches():
     xb = jnp.asarray(x, jnp.bfloat16)
     got = siammae.norm_pix(xb)
     assert got.dtype == jnp.float32
-    ref = np.asarray(xb, np.float64)
-    ref = (ref - ref.mean(-1, keepdims=True)) / np.sqrt(
-        ref.var(-1, keepdims=True) + 1e-6
-    )
-    np.testing.assert_allclose(got, ref, atol=1e-3)
+    np.testing.assert_allclose(got, _maes_norm_pix(xb, ddof=1), atol=1e-3)
     with jax.enable_x64(True):  # float32 stays float32, not the x64 default float
         assert siammae.norm_pix(jnp.asarray(x)).dtype == jnp.float32
 
@@ -460,15 +553,50 @@ def test_masked_l2_one_masked_patch_and_low_precision_inputs():
 
 
 def test_no_visible_patch_names_the_grid():
-    """A 1x8 grid at 95% masking keeps round(8 x 0.05) = 0 patches: refused, the
-    message naming the grid as rows x columns (8x8 = 64 patches would keep 3)."""
+    """A 1x8 grid at 95% masking keeps int(8 x 0.05) = 0 patches: refused, the
+    message naming the grid as rows x columns and the rule (8x8 = 64 patches
+    would keep 3). TINY's 4x4 grid keeps int(0.8) = 0 under MAE's rule, refused,
+    and round(0.8) = 1 under the old one."""
     want = (
-        "mask_ratio=0.95 leaves no visible patch of the 1x8 grid; lower mask_ratio "
-        "or use a larger image_size."
+        "mask_ratio=0.95 leaves no visible patch of the 1x8 grid "
+        "(visible_rule='int'); lower mask_ratio or use a larger image_size."
     )
+    wide = {**TINY, "image_size": (8, 64), "visible_rule": "int"}
     with pytest.raises(ValueError, match=f"^{re.escape(want)}$"):
-        SiamMAE(**{**TINY, "image_size": (8, 64)}, mask_ratio=0.95, rngs=nnx.Rngs(0))
-    SiamMAE(**{**TINY, "image_size": (8, 64)}, mask_ratio=0.85, rngs=nnx.Rngs(0))
+        SiamMAE(**wide, mask_ratio=0.95, rngs=nnx.Rngs(0))
+    SiamMAE(**wide, mask_ratio=0.85, rngs=nnx.Rngs(0))
+    want = want.replace("1x8", "4x4")
+    with pytest.raises(ValueError, match=f"^{re.escape(want)}$"):
+        SiamMAE(**{**TINY, "visible_rule": "int"}, rngs=nnx.Rngs(0))
+    old = SiamMAE(**{**TINY, "visible_rule": "round"}, rngs=nnx.Rngs(0))
+    assert old.mask_ratio == 0.95
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(norm_pix_ddof=2), r"norm_pix_ddof=2 must be 1 \(MAE's unbiased variance\)"),
+        (dict(norm_pix_ddof=-1), "norm_pix_ddof=-1 must be 1"),
+        (dict(norm_pix_ddof=True), "norm_pix_ddof=True must be 1"),
+        (dict(norm_pix_ddof=1.0), r"norm_pix_ddof=1\.0 must be 1"),
+        (dict(norm_pix_ddof="1"), "norm_pix_ddof='1' must be 1"),
+        (dict(visible_rule="floor"), r"visible_rule='floor' must be one of \('int', 'round'\)"),
+        (dict(visible_rule="INT"), "visible_rule='INT' must be one of"),
+    ],
+)  # fmt: skip
+def test_convention_fields_are_checked(kwargs, message):
+    """Bad ``norm_pix_ddof`` / ``visible_rule``: the model and the config's
+    model section (``model.`` + the field) refuse them by name."""
+    with pytest.raises(ValueError, match=message):
+        nnx.eval_shape(
+            lambda: SiamMAE(**{**TINY, "mask_ratio": 0.5, **kwargs}, rngs=nnx.Rngs(0))
+        )
+    from siammae_jax.models import definition
+
+    with pytest.raises(ValueError, match="^model." + message):
+        definition.model_kwargs({**TINY, **kwargs})
+    for good in ({"norm_pix_ddof": 0}, {"visible_rule": "round"}, {}):
+        definition.model_kwargs({**TINY, **good})
 
 
 @pytest.mark.parametrize(
@@ -507,7 +635,9 @@ def test_decoder_config_messages(kwargs, message):
 def test_smallest_decoder_is_allowed():
     model = nnx.eval_shape(
         lambda: SiamMAE(
-            **{**TINY, "decoder_depth": 1, "decoder_heads": 1}, rngs=nnx.Rngs(0)
+            **{**TINY, "decoder_depth": 1, "decoder_heads": 1},
+            mask_ratio=MAE_RATIO,
+            rngs=nnx.Rngs(0),
         )
     )
     assert len(model.decoder_blocks) == 1
@@ -519,6 +649,7 @@ def test_decoder_mlp_ratio_sets_the_hidden_width(decoder_type):
     model = nnx.eval_shape(
         lambda: SiamMAE(
             **{**TINY, "decoder_mlp_ratio": 2.0, "decoder_type": decoder_type},
+            mask_ratio=MAE_RATIO,
             rngs=nnx.Rngs(0),
         )
     )
@@ -529,7 +660,9 @@ def test_decoder_mlp_ratio_sets_the_hidden_width(decoder_type):
 def test_mask_token_starts_like_maes():
     """MAE initialises the [MASK] token from N(0, 0.02^2)."""
     model = SiamMAE(
-        **{**TINY, "decoder_dim": 512, "decoder_heads": 8}, rngs=nnx.Rngs(0)
+        **{**TINY, "decoder_dim": 512, "decoder_heads": 8},
+        mask_ratio=MAE_RATIO,
+        rngs=nnx.Rngs(0),
     )
     token = np.asarray(model.mask_token[...]).ravel()
     assert token.shape == (512,)
@@ -545,7 +678,7 @@ def test_decoder_parameters_follow_the_sharding_rules():
     from siammae_jax.models.definition import ModelDef
 
     rules = siammae_config.get_config("vits16").sharding_rules
-    specs = ModelDef(TINY, rules).param_specs
+    specs = ModelDef({**TINY, "mask_ratio": MAE_RATIO}, rules).param_specs
     assert specs["decoder_embed"] == {"kernel": P("fsdp", None), "bias": P("fsdp")}
     assert specs["mask_token"] == P(None, None, "fsdp")
     assert specs["decoder_pred"] == {"kernel": P("fsdp", None), "bias": P(None)}

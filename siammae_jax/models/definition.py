@@ -17,9 +17,14 @@ from flax import nnx
 from flax.linen import logical_to_mesh_axes
 from jax.sharding import PartitionSpec
 
+from siammae_jax.models import siammae
 from siammae_jax.models.siammae import SiamMAE
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# Model fields added with a default unlike the behaviour before them, and the
+# value that behaviour has: a config saved before the field existed was
+# trained with it (issue 26: MAE's norm-pix variance and visible count).
+PREDATED = {"norm_pix_ddof": 0, "visible_rule": "round"}
 # Logical axis -> mesh axis (or axes, or None: replicated).
 Rules = Sequence[tuple[str, str | tuple[str, ...] | None]]
 
@@ -28,7 +33,8 @@ def model_kwargs(model_config: Mapping[str, Any]) -> dict[str, Any]:
     """Keyword arguments of ``SiamMAE`` from a config's ``model`` section.
 
     Raises:
-      ValueError: an unknown ``dtype`` name.
+      ValueError: an unknown ``dtype`` name, a bad ``norm_pix_ddof`` or
+        ``visible_rule`` (named as ``model.<field>``).
     """
     if hasattr(model_config, "to_dict"):
         model_config = model_config.to_dict()
@@ -36,10 +42,23 @@ def model_kwargs(model_config: Mapping[str, Any]) -> dict[str, Any]:
     dtype = kw.pop("dtype", "float32")
     if dtype not in DTYPES:
         raise ValueError(f"model.dtype={dtype!r} must be one of {sorted(DTYPES)}.")
+    try:
+        siammae.check_conventions(**{k: kw[k] for k in PREDATED if k in kw})
+    except ValueError as e:
+        raise ValueError(f"model.{e}") from None
     image = kw.get("image_size")
     if isinstance(image, list):  # (JSON stores tuples as lists)
         kw["image_size"] = tuple(image)
     return {**kw, "dtype": DTYPES[dtype]}
+
+
+def saved_model(model_config: Mapping[str, Any]) -> dict[str, Any]:
+    """A saved ``model`` section as it was trained: the fields it predates
+    (:data:`PREDATED`) set to the behaviour before them, not to today's
+    defaults."""
+    if hasattr(model_config, "to_dict"):
+        model_config = model_config.to_dict()
+    return {**PREDATED, **model_config}
 
 
 def spec_for(names: Sequence[str | None] | None, rules: Rules) -> PartitionSpec:

@@ -18,6 +18,8 @@ from siammae_jax.models import layers, vit
 
 Dtype = Any
 DECODER_TYPES = ("cross_self", "cross", "joint")
+# How many f2 patches stay visible: MAE's floor, or rounding to the nearest.
+VISIBLE_RULES = ("int", "round")
 
 
 class Output(NamedTuple):
@@ -38,33 +40,59 @@ class Output(NamedTuple):
     attention: jax.Array | None
 
 
-def num_visible(num_patches: int, mask_ratio: float) -> int:
-    """Visible patches per sample: round(N x (1 - mask_ratio))."""
-    return int(round(num_patches * (1.0 - mask_ratio)))
+def num_visible(num_patches: int, mask_ratio: float, rule: str = "int") -> int:
+    """Visible patches per sample.
+
+    Args:
+      num_patches: patches per frame, N.
+      mask_ratio: fraction of them masked.
+      rule: ``"int"``, MAE's ``len_keep = int(L * (1 - mask_ratio))``
+        (models_mae.py, ``random_masking``; the same float expression, so 9 of
+        196 patches at 0.95), or ``"round"``, round(N x (1 - mask_ratio)) (this
+        library before issue 26; 10 of 196).
+
+    Raises:
+      ValueError: an unknown ``rule``.
+    """
+    if rule == "int":
+        return int(num_patches * (1 - mask_ratio))
+    if rule == "round":
+        return int(round(num_patches * (1 - mask_ratio)))
+    raise ValueError(f"visible_rule={rule!r} must be one of {VISIBLE_RULES}.")
 
 
 def random_mask(
-    key: jax.Array, batch: int, num_patches: int, mask_ratio: float
+    key: jax.Array,
+    batch: int,
+    num_patches: int,
+    mask_ratio: float,
+    rule: str = "int",
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Draws a uniformly random mask per sample.
 
     Returns:
       ``(visible, restore, mask)``: visible [B, K] patch indices (K =
-      ``num_visible``), restore [B, N] the permutation that puts
-      ``[visible..., masked...]`` back into patch order, mask [B, N] (1 = masked).
+      ``num_visible(num_patches, mask_ratio, rule)``), restore [B, N] the
+      permutation that puts ``[visible..., masked...]`` back into patch order,
+      mask [B, N] (1 = masked).
     """
-    keep = num_visible(num_patches, mask_ratio)
+    keep = num_visible(num_patches, mask_ratio, rule)
     shuffle = jnp.argsort(jax.random.uniform(key, (batch, num_patches)), axis=1)
     restore = jnp.argsort(shuffle, axis=1)
     mask = (restore >= keep).astype(jnp.float32)
     return shuffle[:, :keep], restore, mask
 
 
-def norm_pix(patches: jax.Array, eps: float = 1e-6) -> jax.Array:
-    """Per-patch normalised pixels (MAE's norm-pix target), in float32."""
+def norm_pix(patches: jax.Array, eps: float = 1e-6, ddof: int = 1) -> jax.Array:
+    """Per-patch normalised pixels (MAE's norm-pix target), in float32.
+
+    ``(x - mean) / sqrt(var + eps)`` over each patch's pixels, the variance
+    with ``ddof`` (1: unbiased, torch's ``Tensor.var`` default, which MAE's
+    ``forward_loss`` uses; 0: the population variance).
+    """
     x = patches.astype(jnp.float32)
     mean = x.mean(-1, keepdims=True)
-    var = x.var(-1, keepdims=True)
+    var = x.var(-1, keepdims=True, ddof=ddof)
     return (x - mean) / jnp.sqrt(var + eps)
 
 
@@ -118,6 +146,10 @@ class SiamMAE(nnx.Module):
       decoder_dim, decoder_depth, decoder_heads: decoder size (512/8/16, MAE's).
       decoder_mlp_ratio: hidden width of decoder MLPs over ``decoder_dim``.
       norm_pix_loss: regress per-patch normalised pixels (MAE's norm-pix).
+      norm_pix_ddof: the norm-pix variance's delta degrees of freedom: 1
+        (MAE's unbiased variance, the default) or 0 (the population variance).
+      visible_rule: how many f2 patches stay visible (``num_visible``):
+        ``"int"`` (MAE's floor, the default) or ``"round"``.
       dtype: compute dtype; param_dtype: storage dtype of the parameters.
       attention: ``model.attention``, the kernel of every attention layer
         (``xla``, ``cudnn`` or ``auto``); attention_pad: ``model.attention_pad``,
@@ -143,6 +175,8 @@ class SiamMAE(nnx.Module):
         decoder_heads: int = 16,
         decoder_mlp_ratio: float = 4.0,
         norm_pix_loss: bool = True,
+        norm_pix_ddof: int = 1,
+        visible_rule: str = "int",
         dtype: Dtype = jnp.float32,
         param_dtype: Dtype = jnp.float32,
         attention: str = "xla",
@@ -153,6 +187,7 @@ class SiamMAE(nnx.Module):
         _check_decoder(
             mask_ratio, decoder_type, decoder_dim, decoder_depth, decoder_heads
         )
+        check_conventions(norm_pix_ddof, visible_rule)
         self.encoder = vit.ViT(
             encoder,
             image_size=image_size,
@@ -163,15 +198,18 @@ class SiamMAE(nnx.Module):
             rngs=rngs,
         )
         grid = self.encoder.grid
-        if num_visible(grid[0] * grid[1], mask_ratio) < 1:
+        if num_visible(grid[0] * grid[1], mask_ratio, visible_rule) < 1:
             raise ValueError(
                 f"mask_ratio={mask_ratio} leaves no visible patch of the {grid[0]}x{grid[1]} "
-                "grid; lower mask_ratio or use a larger image_size."
+                f"grid (visible_rule={visible_rule!r}); lower mask_ratio or use a "
+                "larger image_size."
             )
         self.mask_ratio = mask_ratio
         self.fuse_encoder = fuse_encoder
         self.decoder_type = decoder_type
         self.norm_pix_loss = norm_pix_loss
+        self.norm_pix_ddof = norm_pix_ddof
+        self.visible_rule = visible_rule
         self.dtype = dtype
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         patch = self.encoder.patch
@@ -212,7 +250,7 @@ class SiamMAE(nnx.Module):
                 f"image_size {grid[0] * self.encoder.patch}x{grid[1] * self.encoder.patch}."
             )
         visible, restore, mask = random_mask(
-            key, f2.shape[0], grid[0] * grid[1], self.mask_ratio
+            key, f2.shape[0], grid[0] * grid[1], self.mask_ratio, self.visible_rule
         )
         if self.fuse_encoder:
             z1, z2 = self.encoder.encode_pair(f1, f2, visible)
@@ -280,7 +318,7 @@ class SiamMAE(nnx.Module):
         )
         target = vit.patchify(f2, self.encoder.patch).astype(jnp.float32)
         if self.norm_pix_loss:
-            target = norm_pix(target)
+            target = norm_pix(target, ddof=self.norm_pix_ddof)
         loss = masked_l2(pred, target, mask)
         return Output(loss, pred, target, mask, attention)
 
@@ -301,6 +339,26 @@ def _decoder_blocks(
             for _ in range(depth)
         ]
     return nnx.List(blocks)
+
+
+def check_conventions(norm_pix_ddof: int = 1, visible_rule: str = "int") -> None:
+    """Checks the fields that choose between MAE's target and mask conventions
+    and this library's earlier ones.
+
+    Raises:
+      ValueError: naming the bad field and its allowed values.
+    """
+    integer = isinstance(norm_pix_ddof, (int, np.integer))
+    if not integer or isinstance(norm_pix_ddof, bool) or norm_pix_ddof not in (0, 1):
+        raise ValueError(
+            f"norm_pix_ddof={norm_pix_ddof!r} must be 1 (MAE's unbiased variance) "
+            "or 0 (the population variance)."
+        )
+    if visible_rule not in VISIBLE_RULES:
+        raise ValueError(
+            f"visible_rule={visible_rule!r} must be one of {VISIBLE_RULES} "
+            "('int': MAE's int(N x (1 - mask_ratio)); 'round': the nearest integer)."
+        )
 
 
 def _check_decoder(mask_ratio, decoder_type, dim, depth, heads):

@@ -27,7 +27,7 @@ from siammae_jax import weights
 from siammae_jax.data import pairs, pipeline, sources, synthetic
 from siammae_jax.eval import learning, pictures
 from siammae_jax.models import SiamMAE, flops
-from siammae_jax.models.definition import ModelDef
+from siammae_jax.models.definition import PREDATED, ModelDef
 from siammae_jax.train import checkpoint, evaluation, metrics
 from siammae_jax.train import config as config_lib
 from siammae_jax.train import mesh as mesh_lib
@@ -209,7 +209,10 @@ def model_changes(saved: dict, now: dict) -> list[str]:
     compute dtype (parameters are float32 either way).
 
     A field the saved config lacks (written before the field existed) counts
-    as the model's default for it, which is how that checkpoint was trained.
+    as the model's default for it, which is how that checkpoint was trained;
+    for a field whose default differs from the behaviour before it, as that
+    behaviour (``definition.PREDATED``: norm-pix ddof 0, visible rule
+    ``round``).
     """
     saved, now = json.loads(json.dumps(saved)), json.loads(json.dumps(now))
     params = inspect.signature(SiamMAE.__init__).parameters
@@ -218,10 +221,14 @@ def model_changes(saved: dict, now: dict) -> list[str]:
         for k, p in params.items()
         if k not in saved and isinstance(p.default, (bool, int, float, str, tuple))
     }
+    before = {k: v for k, v in PREDATED.items() if k not in saved}
+    defaults.update(before)
 
     def was(k):
         if k in saved:
             return repr(saved[k])
+        if k in before:
+            return f"{before[k]!r} (before the field existed; not saved)"
         return f"{defaults[k]!r} (the default; not saved)" if k in defaults else "None"
 
     return [

@@ -15,6 +15,7 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from siammae_jax.models.definition import saved_model
 from siammae_jax.train.checkpoint import CONFIG_ITEM, STATE_ITEM
 
 
@@ -55,7 +56,8 @@ def resolve_step_dir(path: str | epath.Path) -> epath.Path:
 
 
 def saved_config(step_dir: epath.Path) -> dict[str, Any]:
-    """The whole training config saved with a step.
+    """The whole training config saved with a step, its ``model`` section as
+    it was trained (fields it predates set by ``definition.saved_model``).
 
     Raises:
       FileNotFoundError: the step has no saved config.
@@ -64,7 +66,10 @@ def saved_config(step_dir: epath.Path) -> dict[str, Any]:
     if not item.exists():
         raise FileNotFoundError(f"{item}: no saved config in this checkpoint.")
     with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as checkpointer:
-        return checkpointer.restore(item)
+        config = checkpointer.restore(item)
+    if "model" in config:
+        config["model"] = saved_model(config["model"])
+    return config
 
 
 def restore_on_one_device(directory: str | epath.Path) -> Any:

@@ -16,7 +16,7 @@ import numpy as np
 from flax import nnx
 
 from siammae_jax.models import SiamMAE, vit
-from siammae_jax.models.definition import model_kwargs
+from siammae_jax.models.definition import model_kwargs, saved_model
 
 
 def flatten(tree: Any, sep: str = "/", prefix: str = "") -> Iterator[tuple[str, Any]]:
@@ -116,12 +116,15 @@ def encoder_from(model_config: Mapping, variables: Mapping, source: str) -> vit.
 
 
 def model_from(model_config: Mapping, params: Mapping, source: str) -> SiamMAE:
-    """The whole SiamMAE of ``model_config`` holding ``params`` (all of them).
+    """The whole SiamMAE of a stored ``model_config`` holding ``params`` (all
+    of them).
 
     A model trained with ``attention='cudnn'`` loads with ``auto`` (the same
-    function on any backend: cuDNN where it runs, else XLA's attention).
+    function on any backend: cuDNN where it runs, else XLA's attention). A
+    config stored before a field of ``definition.PREDATED`` existed loads with
+    the behaviour it was trained with (``definition.saved_model``).
     """
-    kw = model_kwargs(model_config)
+    kw = model_kwargs(saved_model(model_config))
     if kw.get("attention") == "cudnn":
         kw["attention"] = "auto"
     model = SiamMAE(**kw, rngs=nnx.Rngs(0))
