@@ -225,6 +225,34 @@ def test_keep_best_keeps_the_highest_jf_besides_the_latest(tmp_path):
     assert plain.best_step() is None  # no ranking asked for
 
 
+def test_best_step_is_the_highest_jf_of_several_ranked_steps(tmp_path, monkeypatch):
+    """Every ranked step kept (``keep=10``): the best step, and the one the
+    training log reports, has the highest J&F (step 4; not the lowest, step 6,
+    nor the newest ranked, step 8)."""
+    from types import SimpleNamespace
+
+    from siammae_jax.train import loop  # imports TensorFlow (clu): only here
+
+    ckpt = checkpoint.Checkpointer(
+        tmp_path, every=1, keep=10, keep_best=True, async_save=False
+    )
+    jf = {2: 0.31, 4: 0.47, 6: 0.22, 8: 0.40}
+    data = iter(grain.MapDataset.range(4).to_iter_dataset())
+    config = ml_collections.ConfigDict({"step": 0})
+    for step in range(1, 9):
+        ranked = {"J&F": jf[step]} if step in jf else None
+        ckpt.save(step, {"w": jnp.zeros(2)}, data, config, metrics=ranked)
+    assert _step_folders(tmp_path) == [str(s) for s in range(1, 9)]
+    assert ckpt.best_step() == max(jf, key=jf.get) == 4
+    logged = []
+    monkeypatch.setattr(
+        loop.logging, "info", lambda fmt, *args: logged.append(fmt % args)
+    )
+    loop._log_best(SimpleNamespace(ckpt=ckpt))
+    assert logged == [f"best online J&F 0.4700 at step 4: {tmp_path / '4'}"]
+    ckpt.close()
+
+
 def test_the_expected_orbax_warning_is_dropped_and_others_kept():
     """With keep_best, orbax warns at every save without metrics (most steps);
     the console filter drops exactly that warning."""

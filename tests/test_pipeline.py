@@ -70,7 +70,38 @@ def test_epochs_reshuffle_and_cover_all_videos():
     assert not np.array_equal(videos[:10], videos[10:])
 
 
-def test_host_shards_disjoint_and_cover():
+def _draw(batch, pair):
+    """(frame indices, crop box, flip) of one pair of a batch, as a tuple."""
+    return (
+        tuple(batch["indices"][pair]),
+        tuple(batch["crop"][pair]),
+        bool(batch["flip"][pair]),
+    )
+
+
+def test_each_record_draws_its_own_gap_crop_and_flip():
+    """The random stream is keyed by the record's global position, not by its
+    video: over 2 epochs every video is drawn twice, with other frames, crops
+    or flips each time; each record's draws are those of the sampler given
+    ``default_rng([seed, position])`` (the module's contract), so the same
+    position gives the same draw."""
+    source = ListSource(10)
+    batches = list(_pipe(source, num_epochs=2))
+    draws = {}  # video -> the draws of its records, in order
+    for position, (batch, pair) in enumerate(
+        (b, p) for b in batches for p in range(0, 4, SAMPLER.repeats)
+    ):
+        video = int(batch["video"][pair])
+        record = [_draw(batch, pair + r) for r in range(SAMPLER.repeats)]
+        draws.setdefault(video, []).append(record)
+        want = SAMPLER(source[video], np.random.default_rng([0, position]))
+        for r in range(SAMPLER.repeats):
+            np.testing.assert_array_equal(batch["frames"][pair + r], want["frames"][r])
+            assert record[r] == _draw(want, r)
+    assert sorted(draws) == list(range(10))
+    for video, (first, second) in draws.items():
+        assert first != second, video
+
     seen = []
     for shard in range(2):
         batches = list(

@@ -141,6 +141,65 @@ def test_features_are_unit_norm_grid(encoder):
     np.testing.assert_allclose(np.linalg.norm(feats, axis=-1), 1.0, atol=1e-5)
 
 
+def _np_patches(images, patch):
+    """[B, H, W, 3] -> [B, h*w, patch*patch*3]: row-major patches, each flattened
+    row by row (pixels, then channels)."""
+    b, h, w, c = images.shape
+    x = np.asarray(images, np.float64).reshape(
+        b, h // patch, patch, w // patch, patch, c
+    )
+    return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, -1, patch * patch * c)
+
+
+def test_masked_encode_gives_each_visible_patch_its_own_position(encoder):
+    """Encoding only ``visible`` patches: the token entering the blocks for
+    visible patch ``p`` is patch_embed(patch p) + pos[1 + p] (numpy, float64),
+    not the position of its slot among the K visible ones; the encoder's output
+    is the blocks run on those tokens."""
+    images = jax.random.normal(jax.random.key(2), (2, 32, 32, 3))
+    # Not the first K positions, not sorted, different per sample.
+    visible = np.array([[9, 2, 14, 6, 11], [15, 0, 7, 12, 5]])
+    w = np.asarray(encoder.patch_embed.kernel[...], np.float64)
+    bias = np.asarray(encoder.patch_embed.bias[...], np.float64)
+    pos = np.asarray(encoder.pos_embed[...], np.float64)[0]
+    cls = np.asarray(encoder.cls_token[...], np.float64)[0, 0] + pos[0]
+    patches = np.take_along_axis(_np_patches(images, 8), visible[..., None], axis=1)
+    want = np.concatenate(
+        [np.broadcast_to(cls, (2, 1, 32)), patches @ w + bias + pos[1 + visible]], 1
+    )
+    got = encoder.embed(images, jnp.asarray(visible))
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    x = jnp.asarray(want, jnp.float32)
+    for block in encoder.blocks:
+        x, _ = block(x)
+    tokens, _ = encoder(images, visible=jnp.asarray(visible))
+    np.testing.assert_allclose(tokens, encoder.norm(x), atol=1e-5)
+    # The same tokens as the whole image's embedding at those patches.
+    whole = np.asarray(encoder.embed(images))
+    np.testing.assert_allclose(
+        got[:, 1:], np.take_along_axis(whole[:, 1:], visible[..., None], 1), atol=1e-5
+    )
+
+
+def test_features_are_the_normalised_patch_tokens_in_grid_order(encoder):
+    """``features``: the encoder's tokens without [CLS] (index 0), each
+    L2-normalised, laid out row-major on the h x w grid (numpy from ``encoder``'s
+    tokens; a 4x6 grid so rows and columns cannot be swapped)."""
+    images = jax.random.normal(jax.random.key(3), (2, 32, 48, 3))
+    tokens, _ = encoder(images)
+    tokens = np.asarray(tokens, np.float64)
+    assert tokens.shape == (2, 1 + 24, 32)
+    patches = tokens[:, 1:]
+    unit = patches / np.linalg.norm(patches, axis=-1, keepdims=True)
+    want = np.empty((2, 4, 6, 32))
+    for row in range(4):
+        for col in range(6):
+            want[:, row, col] = unit[:, row * 6 + col]
+    feats = encoder.features(images)
+    assert feats.dtype == jnp.float32
+    np.testing.assert_allclose(feats, want, atol=1e-5)
+
+
 def test_every_variable_names_its_axes():
     model = nnx.eval_shape(lambda: vit.ViT("test/8", image_size=32, rngs=nnx.Rngs(0)))
     allowed = {None, "patch", "embed", "heads", "kv", "mlp", "norm"}
