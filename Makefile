@@ -39,7 +39,7 @@ test-interop: $(STAMP)
 	$(BIN)/python -m pytest -q -m interop
 
 # Mutation testing of the modules whose bugs change published numbers or lose data
-# (MODULE=siammae_jax/eval/davis.py for one, BUDGET=seconds per module); writes
+# (MODULE=siammae_jax/datasets/davis.py for one, BUDGET=seconds per module); writes
 # build/mutation/report.md. Not part of `make test` or CI.
 mutation: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[test,mutation]'

@@ -1,8 +1,8 @@
 """Mutation testing: how many small, realistic bugs does the default suite catch?
 
     make mutation                                   # every module below
-    make mutation MODULE=siammae_jax/eval/davis.py  # one module
-    python benchmarks/mutation.py --module siammae_jax/eval/vip.py --budget 300
+    make mutation MODULE=siammae_jax/datasets/davis.py  # one module
+    python benchmarks/mutation.py --module siammae_jax/datasets/vip.py --budget 300
 
 Each module whose bugs change a published number or lose data is mutated by
 mutmut (3.x) in a scratch copy of the checkout (``build/mutation/<module>``;
@@ -56,17 +56,20 @@ MODULES: dict[str, tuple[str, ...]] = {
     "siammae_jax/train/checkpoint.py": ("tests/test_checkpoint.py",),
     "siammae_jax/data/pairs.py": ("tests/test_pairs.py",),
     "siammae_jax/eval/propagation.py": ("tests/test_propagation.py",),
-    "siammae_jax/eval/davis.py": ("tests/test_davis.py", "tests/test_eval_runners.py"),
-    "siammae_jax/eval/davis_score.py": (
+    "siammae_jax/datasets/davis.py": (
         "tests/test_davis.py",
         "tests/test_eval_runners.py",
     ),
-    "siammae_jax/eval/jhmdb.py": (
+    "siammae_jax/datasets/davis_score.py": (
+        "tests/test_davis.py",
+        "tests/test_eval_runners.py",
+    ),
+    "siammae_jax/datasets/jhmdb.py": (
         "tests/test_jhmdb.py",
         "tests/test_jhmdb_vip.py",
         "tests/test_eval_runners.py",
     ),
-    "siammae_jax/eval/vip.py": (
+    "siammae_jax/datasets/vip.py": (
         "tests/test_jhmdb_vip.py",
         "tests/test_eval_runners.py",
     ),

@@ -16,7 +16,7 @@ from PIL import Image
 from scipy import ndimage
 
 from siammae_jax.data import synthetic
-from siammae_jax.eval import davis, davis_score
+from siammae_jax.datasets import davis, davis_score
 
 SIZE = (32, 48)
 FRAMES = 6

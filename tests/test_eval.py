@@ -6,8 +6,9 @@ import pytest
 from flax import nnx
 
 from siammae_jax.data import pairs, synthetic
+from siammae_jax.datasets import davis, davis_score
 from siammae_jax.eval import config as eval_config
-from siammae_jax.eval import davis, davis_score, encoder, propagation, tasks
+from siammae_jax.eval import encoder, propagation, tasks
 from siammae_jax.weights import params as weight_params
 
 

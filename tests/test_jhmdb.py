@@ -17,7 +17,7 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from siammae_jax.eval import jhmdb
+from siammae_jax.datasets import jhmdb
 
 # ------------------------------------------------------------------ helpers
 

@@ -17,7 +17,7 @@ import warnings
 import numpy as np
 import pytest
 
-from siammae_jax.eval import jhmdb
+from siammae_jax.datasets import jhmdb
 
 INPUT = 320  # videowalk and CropMAE both resize JHMDB frames to 320 x 320
 # (original image (H, W), stride): stride 8 -> 40 x 40 (videowalk's ResNet),

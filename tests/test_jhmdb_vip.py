@@ -12,7 +12,7 @@ import scipy.io
 from PIL import Image
 
 from siammae_jax.data import synthetic
-from siammae_jax.eval import jhmdb, vip
+from siammae_jax.datasets import jhmdb, vip
 
 SIZE = (32, 48)  # (H, W) of the synthetic set
 FRAMES = 5

@@ -11,9 +11,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import mutation  # noqa: E402
 
-DIFF = """# siammae_jax.eval.vip.x_write_summary__mutmut_3: survived
---- siammae_jax/eval/vip.py
-+++ siammae_jax/eval/vip.py
+DIFF = """# siammae_jax.datasets.vip.x_write_summary__mutmut_3: survived
+--- siammae_jax/datasets/vip.py
++++ siammae_jax/datasets/vip.py
 @@ -1,3 +1,3 @@
  def write_summary(folder, results):
 -    json_path.write_text(json.dumps(x, indent=2))
@@ -38,21 +38,25 @@ def test_changed_lines_skip_the_file_headers():
 
 
 def _result(status="survived"):
-    m = mutation.Mutant("siammae_jax.eval.vip.x_write_summary__mutmut_3", status)
+    m = mutation.Mutant("siammae_jax.datasets.vip.x_write_summary__mutmut_3", status)
     m.function, (m.before, m.after) = "write_summary", mutation.changed_lines(DIFF)
-    other = mutation.Mutant("siammae_jax.eval.vip.x_write_summary__mutmut_4", "killed")
-    slow = mutation.Mutant("siammae_jax.eval.vip.x_write_summary__mutmut_5", "timeout")
+    other = mutation.Mutant(
+        "siammae_jax.datasets.vip.x_write_summary__mutmut_4", "killed"
+    )
+    slow = mutation.Mutant(
+        "siammae_jax.datasets.vip.x_write_summary__mutmut_5", "timeout"
+    )
     left = mutation.Mutant(
-        "siammae_jax.eval.vip.x_write_summary__mutmut_6", "not checked"
+        "siammae_jax.datasets.vip.x_write_summary__mutmut_6", "not checked"
     )
     return mutation.ModuleResult(
-        "siammae_jax/eval/vip.py", (), 1.0, [m, other, slow, left]
+        "siammae_jax/datasets/vip.py", (), 1.0, [m, other, slow, left]
     )
 
 
 def test_listed_survivors_are_equivalent_and_the_rest_counted():
     entry = {
-        "module": "siammae_jax/eval/vip.py",
+        "module": "siammae_jax/datasets/vip.py",
         "function": "write_summary",
         "before": "json_path.write_text(json.dumps(x, indent=2))",
         "after": "json_path.write_text(json.dumps(x, indent=3))",

@@ -10,7 +10,8 @@ from conftest import TEST_MODEL
 
 from configs import siammae as siammae_config
 from siammae_jax.data import synthetic
-from siammae_jax.eval import davis, encoder, tasks
+from siammae_jax.datasets import davis
+from siammae_jax.eval import encoder, tasks
 from siammae_jax.models.definition import ModelDef
 from siammae_jax.train import evaluation
 from siammae_jax.train import mesh as mesh_lib

@@ -388,7 +388,7 @@ def test_jhmdb_inputs_give_the_sources_grids(protocol, patch, grid):
 def test_jhmdb_runner_follows_the_protocols_rules(tmp_path):
     """run_jhmdb under crw: videowalk's heatmaps in, corner decoding out, PCK
     with invisible joints skipped; the written joints equal that composition."""
-    from siammae_jax.eval import jhmdb
+    from siammae_jax.datasets import jhmdb
 
     synthetic.write_dataset(tmp_path, videos=1, frames=4, size=(48, 64), progress=False)
     root = tmp_path / "JHMDB"

@@ -120,7 +120,7 @@ def test_layout_is_written_once_per_source(built, tmp_path):
 def test_davis_catalog_features_as_decoded(built):
     """The catalog's segmentations (colormap PNGs) decode to the object ids."""
     from siammae_jax.data import sources
-    from siammae_jax.eval import davis
+    from siammae_jax.datasets import davis
 
     synth, data_dir = built
     ds = sources.open_tfds("davis/480p", "validation", str(data_dir), {})
@@ -153,7 +153,7 @@ def test_jhmdb_and_vip_features_as_decoded_by_tfds(built):
     reading of the layout they were built from."""
     import tensorflow_datasets as tfds
 
-    from siammae_jax.eval import jhmdb, vip
+    from siammae_jax.datasets import jhmdb, vip
 
     synth, data_dir = built
     ds = tfds.data_source("jhmdb", split="test", data_dir=str(data_dir))

@@ -4,7 +4,7 @@ every layout the project reads (the project's default data set).
 The videos come from :mod:`siammae_jax.data.synthetic_videos` (2-4 textured
 objects in smooth affine motion over a panning textured background; see there
 for their conventions); the benchmark layouts are written by the evaluators'
-own format modules (:mod:`siammae_jax.eval.davis`, ``jhmdb``, ``vip``), so
+own format modules (:mod:`siammae_jax.datasets.davis`, ``jhmdb``, ``vip``), so
 what is written is what they read.
 
 On-disk layout written by ``write_dataset`` (``<name>`` = ``synth_0000``...):
@@ -56,7 +56,7 @@ from siammae_jax.data.synthetic_videos import (  # noqa: F401 (the public API)
     make_video,
     true_position,
 )
-from siammae_jax.eval import davis, jhmdb, vip
+from siammae_jax.datasets import davis, jhmdb, vip
 
 FPS = 30
 GOP = 12

@@ -30,15 +30,8 @@ from ml_collections import config_flags
 
 from siammae_jax import weights
 from siammae_jax.data import video
-from siammae_jax.eval import (
-    attention,
-    davis_score,
-    encoder,
-    protocols,
-    provenance,
-    run,
-    tasks,
-)
+from siammae_jax.datasets import davis_score
+from siammae_jax.eval import attention, encoder, protocols, provenance, run, tasks
 from siammae_jax.eval import config as eval_config
 
 _CONFIG = config_flags.DEFINE_config_dict("config", eval_config.get_config())

@@ -20,7 +20,8 @@ from __future__ import annotations
 import numpy as np
 from etils import epath
 
-from siammae_jax.eval import davis, davis_score, propagation, tasks
+from siammae_jax.datasets import davis, davis_score
+from siammae_jax.eval import propagation, tasks
 
 
 def patch_features(frames: np.ndarray, patch: int, mean_only: bool) -> np.ndarray:

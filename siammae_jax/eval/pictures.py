@@ -12,7 +12,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from siammae_jax.data import pairs
-from siammae_jax.eval import davis, learning
+from siammae_jax.datasets import davis
+from siammae_jax.eval import learning
 from siammae_jax.models import vit
 
 PALETTE = davis.palette()

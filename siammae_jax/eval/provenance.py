@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from siammae_jax.eval import summary as summary_lib
+from siammae_jax.datasets import summary as summary_lib
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 

@@ -29,9 +29,10 @@ import numpy as np
 from etils import epath
 from flax import nnx
 
+from siammae_jax.datasets import davis
+from siammae_jax.datasets import summary as summary_lib
 from siammae_jax.eval import config as eval_config
-from siammae_jax.eval import davis, encoder, protocols, provenance, tasks, tfds_layout
-from siammae_jax.eval import summary as summary_lib
+from siammae_jax.eval import encoder, protocols, provenance, tasks, tfds_layout
 
 PathLike = str | os.PathLike
 

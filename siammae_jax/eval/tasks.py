@@ -17,16 +17,8 @@ import numpy as np
 from etils import epath
 from tqdm import tqdm
 
-from siammae_jax.eval import (
-    davis,
-    davis_score,
-    geometry,
-    jhmdb,
-    pictures,
-    propagation,
-    provenance,
-    vip,
-)
+from siammae_jax.datasets import davis, davis_score, jhmdb, vip
+from siammae_jax.eval import geometry, pictures, propagation, provenance
 
 PathLike = str | os.PathLike
 

@@ -3,8 +3,8 @@
 ``python -m siammae_jax.eval davis --data tfds:davis/480p [--tfds_data_dir DIR]``
 (and ``tfds:jhmdb``, ``tfds:vip``) reads the benchmark's split with
 ``tfds.data_source`` and writes it once, under ``<out>/tfds/``, in the official
-layout that :mod:`~siammae_jax.eval.davis`, :mod:`~siammae_jax.eval.jhmdb`
-and :mod:`~siammae_jax.eval.vip` read; the evaluation then runs on that
+layout that :mod:`~siammae_jax.datasets.davis`, :mod:`~siammae_jax.datasets.jhmdb`
+and :mod:`~siammae_jax.datasets.vip` read; the evaluation then runs on that
 folder with the same code, so a TFDS source and the folder layout it was built
 from score identically. Frames keep their encoded bytes (the original JPEG or
 PNG files); labels are decoded and written as the evaluators' PNGs, joints as
@@ -29,7 +29,7 @@ from etils import epath
 from tqdm import tqdm
 
 from siammae_jax.data import sources
-from siammae_jax.eval import davis, jhmdb, vip
+from siammae_jax.datasets import davis, jhmdb, vip
 
 PREFIX = "tfds:"
 MARKER = "source.json"

@@ -5,7 +5,7 @@ encoder parameters (on the devices, never copied to the host) encode the
 held-out sequences on the training mesh: each batch of frames is split over
 the data-parallel axes and the features are gathered. Label propagation,
 predicted masks and scores are those of ``python -m siammae_jax.eval davis``
-(``eval.tasks.davis_sequence``, ``eval.davis_score``) under the protocol
+(``eval.tasks.davis_sequence``, ``datasets.davis_score``) under the protocol
 ``config.eval.protocol`` with the fields of ``config.eval.davis`` that differ
 from the ``siammae`` protocol as departures (see ``eval.protocols.resolve``),
 so a checkpoint scored there gets the same J&F. Each evaluation writes its
@@ -55,16 +55,9 @@ from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
 from siammae_jax.data import pairs, synthetic
-from siammae_jax.eval import (
-    davis,
-    davis_score,
-    encoder,
-    pictures,
-    protocols,
-    provenance,
-    tasks,
-)
-from siammae_jax.eval import summary as summary_lib
+from siammae_jax.datasets import davis, davis_score
+from siammae_jax.datasets import summary as summary_lib
+from siammae_jax.eval import encoder, pictures, protocols, provenance, tasks
 from siammae_jax.models.definition import ModelDef
 from siammae_jax.train import mesh as mesh_lib
 from siammae_jax.weights import params as weight_params

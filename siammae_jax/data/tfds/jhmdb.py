@@ -1,7 +1,7 @@
 """``jhmdb``: JHMDB (pose propagation) from its official layout, as a TFDS builder.
 
 The manual directory is the ``JHMDB`` folder the evaluator reads
-(:mod:`siammae_jax.eval.jhmdb`: ``Rename_Images``, ``joint_positions``,
+(:mod:`siammae_jax.datasets.jhmdb`: ``Rename_Images``, ``joint_positions``,
 ``splits``). One config per official split (``jhmdb/split1`` is the default;
 ``--config '{"name": "split2", "split": 2}'`` builds another), each with the
 ``train`` and ``test`` videos its split files mark (1 and 2).
@@ -25,7 +25,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from siammae_jax.data.tfds import common
-from siammae_jax.eval import jhmdb
+from siammae_jax.datasets import jhmdb
 
 _MANUAL = """\
 Download JHMDB (http://jhmdb.is.tue.mpg.de/: joint_positions, Rename_Images,

@@ -2,7 +2,7 @@
 as a TFDS builder.
 
 The manual directory is the ``VIP`` folder the evaluator reads
-(:mod:`siammae_jax.eval.vip`: ``Images``, ``Category_ids``, ``lists``). Each
+(:mod:`siammae_jax.datasets.vip`: ``Images``, ``Category_ids``, ``lists``). Each
 ``lists/<name>_videos.txt`` is a split (``val`` is named ``validation``).
 
 One example per video (key: its name): the frames as their JPEG files' bytes,
@@ -24,7 +24,7 @@ from etils import epath
 from PIL import Image
 
 from siammae_jax.data.tfds import common
-from siammae_jax.eval import vip
+from siammae_jax.datasets import vip
 
 _MANUAL = """\
 Download VIP (Video Instance-level Parsing: Images, Category_ids, lists) and pass

@@ -57,7 +57,7 @@ import numpy as np
 import scipy.io
 from PIL import Image
 
-from siammae_jax.eval import summary
+from siammae_jax.datasets import summary
 
 NUM_JOINTS = 15
 NUM_CHANNELS = NUM_JOINTS + 1

@@ -6,7 +6,7 @@ Layout (the official one):
   <root>/Annotations/480p/<seq>/00000.png     "P" PNGs, object ids (255 void)
   <results>/<seq>/00000.png                   predictions, ids as in frame 0
 
-J&F is scored by :mod:`siammae_jax.eval.davis_score`.
+J&F is scored by :mod:`siammae_jax.datasets.davis_score`.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ The definitions (semi-supervised task):
     official overlapping quarters, see ``statistics``).
   * Global: means over all objects of all sequences; J&F = (J + F) / 2.
 
-The data set and the results are read through :mod:`siammae_jax.eval.davis`.
+The data set and the results are read through :mod:`siammae_jax.datasets.davis`.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import numpy as np
 from skimage.morphology import disk
 from tqdm import tqdm
 
-from siammae_jax.eval.davis import (
+from siammae_jax.datasets.davis import (
     _read_ground_truth,
     _read_labels,
     read_set,

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from siammae_jax.eval import summary
+from siammae_jax.datasets import summary
 
 NUM_CLASSES = 20
 VOID = 255  # ignored by the metric; background for label propagation
