@@ -17,7 +17,7 @@ from etils import epath
 from PIL import Image
 
 from configs import siammae as siammae_config
-from siammae_jax.data import pipeline, sources
+from siammae_jax.data import pipeline, sources, video_file
 from siammae_jax.data.video import BadVideoError
 from siammae_jax.data.video_file import VideoFile
 from siammae_jax.train import config as config_lib
@@ -145,7 +145,7 @@ def test_beam_counts_written_and_skipped_videos(tfds_videos, tmp_path):
     from siammae_jax.data.tfds import video_folder
 
     _, manual = tfds_videos
-    videos, not_videos = sources.find_videos(epath.Path(manual))
+    videos, not_videos = video_file.find_videos(epath.Path(manual))
     pipeline = beam.Pipeline(runner="DirectRunner")
     examples = pipeline | beam.ptransform_fn(video_folder.encode_videos)(
         videos, not_videos, str(manual), "train", str(tmp_path / "skipped.json"), 32, 90

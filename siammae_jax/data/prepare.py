@@ -23,7 +23,7 @@ to the manifest (``skipped``; the latter also under ``not_videos``) and the
 final report.
 
 The ``video_folder`` TFDS builder (:mod:`siammae_jax.data.tfds.video_folder`)
-stores the same frames (:func:`encode_video`) as a named TFDS dataset,
+stores the same frames (:func:`siammae_jax.data.encode.encode_video`) as a named TFDS dataset,
 prepared by Apache Beam on any number of workers; both stay (BENCHMARKS.md,
 issue 18: on one host this packing is read 8-13% faster and written about twice
 as fast as the builder's on the DirectRunner).
@@ -35,27 +35,19 @@ import argparse
 import collections
 import concurrent.futures
 import hashlib
-import io
 import json
 import multiprocessing
 import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-import numpy as np
 from array_record.python.array_record_module import ArrayRecordWriter
 from etils import epath
-from PIL import Image
 from tqdm import tqdm
 
 from siammae_jax.data import sources
-from siammae_jax.data.video import (
-    RECORD_FORMAT,
-    BadVideoError,
-    FrameFolder,
-    encode_record,
-)
-from siammae_jax.data.video_file import VideoFile
+from siammae_jax.data.encode import encode_video
+from siammae_jax.data.video import RECORD_FORMAT, BadVideoError, encode_record
 
 MANIFEST = "manifest.json"
 SHARD_PATTERN = "videos-{index:05d}-of-{count:05d}.array_record"
@@ -68,79 +60,13 @@ WRITER_OPTIONS = "group_size:1,uncompressed"
 # One video -> one record (runs in the worker processes)
 
 
-def _resize(frame: np.ndarray, short_side: int | None) -> Image.Image:
-    image = Image.fromarray(frame)
-    if not short_side:
-        return image
-    w, h = image.size
-    scale = short_side / min(w, h)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    if size == (w, h):
-        return image
-    return image.resize(size, Image.Resampling.LANCZOS)
-
-
-def _frames(path: str, kind: str) -> tuple[Iterator[np.ndarray], float]:
-    """Frames of one input video, decoded in order, and its frame rate."""
-    if kind == "video":
-        video = VideoFile(path)
-        return video.iter_frames(), video.fps
-    folder = FrameFolder(path)
-    return (folder.read([i])[0] for i in range(folder.num_frames)), folder.fps
-
-
-def encode_video(
-    path: str, kind: str, short_side: int | None, quality: int
-) -> tuple[list[bytes], dict[str, Any]]:
-    """Decodes one video in order, resizes and JPEG-encodes its frames.
-
-    Args:
-      path: the video file or frame folder.
-      kind: ``"video"`` or ``"frames"``.
-      short_side: the short side of the stored frames (None: keep the size).
-      quality: JPEG quality.
-
-    Returns:
-      The JPEG frames and ``fps``, ``height``, ``width``, ``orig_height``,
-      ``orig_width``.
-
-    Raises:
-      BadVideoError: the video cannot be used (also for any unexpected error:
-        one odd video must not stop a long job).
-    """
-    try:
-        frames, fps = _frames(path, kind)
-        jpegs, orig, size = [], None, None
-        for frame in frames:
-            orig = orig or frame.shape[:2]
-            image = _resize(frame, short_side)
-            size = size or (image.height, image.width)
-            buffer = io.BytesIO()
-            image.save(buffer, format="JPEG", quality=quality)
-            jpegs.append(buffer.getvalue())
-    except BadVideoError:
-        raise
-    except Exception as e:
-        raise BadVideoError(path, f"{type(e).__name__}: {e}") from e
-    if not jpegs:
-        raise BadVideoError(path, "no frames")
-    meta = {
-        "fps": float(fps),
-        "height": size[0],
-        "width": size[1],
-        "orig_height": int(orig[0]),
-        "orig_width": int(orig[1]),
-    }
-    return jpegs, meta
-
-
 def pack_video(
     path: str, kind: str, name: str, short_side: int | None, quality: int
 ) -> tuple[bytes | None, str | None]:
-    """One video as one record (see :func:`encode_video`).
+    """One video as one record (see :func:`~siammae_jax.data.encode.encode_video`).
 
     Args:
-      path, kind, short_side, quality: see :func:`encode_video`.
+      path, kind, short_side, quality: see ``encode_video``.
       name: the ``source`` stored in the record (path relative to the inputs).
 
     Returns:

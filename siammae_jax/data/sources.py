@@ -40,7 +40,12 @@ from siammae_jax.data.video import (
     Video,
     natural_key,
 )
-from siammae_jax.data.video_file import VIDEO_EXTENSIONS, VideoFile, probe_video
+from siammae_jax.data.video_file import (
+    VIDEO_EXTENSIONS,
+    VideoFile,
+    all_files,
+    find_videos,
+)
 
 FORMATS = ("video", "frames", "array_record", "tfds")
 ARRAY_RECORD_SUFFIX = ".array_record"
@@ -53,22 +58,11 @@ def _existing_dir(path: str | epath.Path) -> epath.Path:
     return path
 
 
-def _all_files(root: epath.Path) -> list[epath.Path]:
-    """``root`` itself if a file, else the files under it (no hidden names)."""
-    if root.is_file():
-        return [root]
-    files = []
-    for folder, subfolders, names in root.walk():
-        subfolders[:] = [d for d in subfolders if not d.startswith(".")]
-        files.extend(folder / n for n in names if not n.startswith("."))
-    return files
-
-
 def _visible_files(
     root: epath.Path, suffixes: tuple[str, ...], files: list[epath.Path] | None = None
 ) -> list[epath.Path]:
     """Files under ``root`` (recursively) with one of ``suffixes``, sorted."""
-    files = _all_files(root) if files is None else files
+    files = all_files(root) if files is None else files
     return sorted(
         (p for p in files if p.suffix.lower() in suffixes),
         key=str,
@@ -124,24 +118,6 @@ def _check_videos(
     return bad
 
 
-def find_videos(
-    root: epath.Path, files: list[epath.Path] | None = None
-) -> tuple[list[str], list[tuple[str, str]]]:
-    """The videos under ``root`` (sorted) and ``(path, reason)`` for the rest.
-
-    Known video suffixes are taken, known other suffixes are not, and any
-    other file is probed (:func:`~siammae_jax.data.video_file.probe_video`).
-    """
-    videos, skipped = [], []
-    for p in sorted(_all_files(root) if files is None else files, key=str):
-        reason = probe_video(p)
-        if reason is None:
-            videos.append(str(p))
-        else:
-            skipped.append((str(p), reason))
-    return videos, skipped
-
-
 class VideoFolderSource(_Source):
     """Video files anywhere under a folder, in sorted path order.
 
@@ -166,7 +142,7 @@ class VideoFolderSource(_Source):
         root = _existing_dir(path)
         self._root = str(root)
         self._index_dir = index_dir or None
-        files = _all_files(root)
+        files = all_files(root)
         self.num_files = len(files)
         self._paths, self.skipped = find_videos(root, files)
         if check:
@@ -224,7 +200,7 @@ class FrameFolderSource(_Source):
     def __init__(self, path: str | epath.Path):
         root = _existing_dir(path)
         self._root = str(root)
-        files = _all_files(root)
+        files = all_files(root)
         self.num_files = len(files)
         folders: dict[str, list[str]] = collections.defaultdict(list)
         for p in _visible_files(root, IMAGE_EXTENSIONS, files):
@@ -417,7 +393,7 @@ def infer_format(path: str | epath.Path) -> str:
       ValueError: none of those files under ``path``.
     """
     root = _existing_dir(path)
-    files = _all_files(root)
+    files = all_files(root)
     suffixes = {p.suffix.lower() for p in files}
     if ARRAY_RECORD_SUFFIX in suffixes:
         return "array_record"

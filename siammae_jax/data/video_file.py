@@ -7,7 +7,7 @@ truncated or damaged files; :class:`VideoFile` uses it to seek to the
 keyframe before each wanted frame and recognise frames by timestamp, falling
 back to decoding from the start for containers whose seeks do not land where
 the index says (counted in ``VideoFile.restarts``). :func:`probe_video` tells
-videos from other files.
+videos from other files, :func:`find_videos` the videos under a folder.
 """
 
 from __future__ import annotations
@@ -512,3 +512,32 @@ def probe_video(path: str | epath.Path) -> str | None:
     except (av.error.FFmpegError, OSError, ValueError, EOFError) as e:
         return f"not a video: {_reason(e)}"
     return None
+
+
+def all_files(root: epath.Path) -> list[epath.Path]:
+    """``root`` itself if a file, else the files under it (no hidden names)."""
+    if root.is_file():
+        return [root]
+    files = []
+    for folder, subfolders, names in root.walk():
+        subfolders[:] = [d for d in subfolders if not d.startswith(".")]
+        files.extend(folder / n for n in names if not n.startswith("."))
+    return files
+
+
+def find_videos(
+    root: epath.Path, files: list[epath.Path] | None = None
+) -> tuple[list[str], list[tuple[str, str]]]:
+    """The videos under ``root`` (sorted) and ``(path, reason)`` for the rest.
+
+    Known video suffixes are taken, known other suffixes are not, and any
+    other file is probed (:func:`probe_video`).
+    """
+    videos, skipped = [], []
+    for p in sorted(all_files(root) if files is None else files, key=str):
+        reason = probe_video(p)
+        if reason is None:
+            videos.append(str(p))
+        else:
+            skipped.append((str(p), reason))
+    return videos, skipped

@@ -36,9 +36,10 @@ import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
 
-from siammae_jax.data import prepare, sources
+from siammae_jax.data.encode import encode_video
 from siammae_jax.data.tfds import common
 from siammae_jax.data.video import BadVideoError
+from siammae_jax.data.video_file import find_videos
 
 SPLITS = ("train", "validation", "test")
 SKIPPED = "skipped-{split}.json"  # per split, in the dataset's folder
@@ -103,7 +104,7 @@ class VideoFolder(common.ArrayRecordBuilder):
         }
 
     def _generate_examples(self, root: epath.Path, folder: epath.Path, split: str):
-        videos, not_videos = sources.find_videos(folder)
+        videos, not_videos = find_videos(folder)
         if not videos:
             raise ValueError(f"no video file under {folder}")
         logging.info("video_folder/%s: %d videos under %s", split, len(videos), folder)
@@ -128,7 +129,7 @@ def encode_videos(
     """The Beam graph of one split: video paths -> ``(key, example)``.
 
     Videos are spread over the workers, decoded and encoded
-    (:func:`~siammae_jax.data.prepare.encode_video`); the unreadable ones go
+    (:func:`~siammae_jax.data.encode.encode_video`); the unreadable ones go
     to a side output, gathered into ``skipped_path`` (JSON) at the end.
     """
     beam = tfds.core.lazy_imports.apache_beam
@@ -160,9 +161,7 @@ class _Encode:
         beam = tfds.core.lazy_imports.apache_beam
         name = _relative(path, self.root)
         try:
-            jpegs, meta = prepare.encode_video(
-                path, "video", self.short_side, self.quality
-            )
+            jpegs, meta = encode_video(path, "video", self.short_side, self.quality)
         except BadVideoError as e:
             logging.warning("video_folder: skipping %s: %s", name, e.reason)
             beam.metrics.Metrics.counter(METRICS, "videos_skipped").inc()
