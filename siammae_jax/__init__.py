@@ -1,6 +1,8 @@
 """siammae_jax: Siamese Masked Autoencoders in JAX/Flax."""
 
-__version__ = "0.1.0"
+from siammae_jax.version import __version__
+
+__all__ = ["__version__", "load", "load_encoder"]
 
 
 def load(path, variant: str | None = None, **kwargs):  # -> (model, model_config)

@@ -35,8 +35,8 @@ from etils import epath
 from flax import nnx
 from tqdm import tqdm
 
-import siammae_jax
 from siammae_jax.models import SiamMAE, vit
+from siammae_jax.version import __version__
 from siammae_jax.weights import params as params_lib
 from siammae_jax.weights import timm
 from siammae_jax.weights.checkpoints import restore_on_one_device
@@ -166,7 +166,7 @@ def _git_commit() -> str | None:
     """The git commit of the package's checkout, if it is one."""
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(siammae_jax.__file__).parent,
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
             capture_output=True, text=True, timeout=10,
         )  # fmt: skip
     except (OSError, subprocess.SubprocessError):
@@ -203,7 +203,7 @@ def write_model_card(
         "export_format": format,
         "model": config["model"],
         "training": dict(training) if training else None,
-        "package": {"version": siammae_jax.__version__, "git_commit": _git_commit()},
+        "package": {"version": __version__, "git_commit": _git_commit()},
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "files": {
             str(p.relative_to(folder)): {"sha256": sha256(p), "bytes": p.stat().length}
