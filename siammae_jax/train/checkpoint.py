@@ -19,10 +19,9 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from siammae_jax.train.state import TrainState
+from siammae_jax.weights.layout import CONFIG_ITEM, DATA_ITEM, STATE_ITEM
 
 _policies = ocp.checkpoint_managers
-# The items of a step folder (``<workdir>/checkpoints/<step>/<item>``).
-STATE_ITEM, DATA_ITEM, CONFIG_ITEM = "state", "data", "config"
 
 
 BEST_METRIC = "J&F"  # ranks checkpoints when keep_best is on

@@ -42,7 +42,7 @@ from etils import epath
 from flax import nnx
 
 from siammae_jax.models import SiamMAE, vit
-from siammae_jax.weights import checkpoints, exports, timm
+from siammae_jax.weights import checkpoints, exports, layout, timm
 from siammae_jax.weights import params as params_lib
 
 SOURCES = ("checkpoint", "orbax", "safetensors", "timm", "torch")
@@ -175,7 +175,7 @@ def _load_own(kind: str, where: epath.Path) -> tuple[SiamMAE | vit.ViT, dict]:
     if kind == "checkpoint":
         params, config, step_dir = checkpoints.load_params(where)
         model_config = config["model"]
-        source = str(step_dir / checkpoints.STATE_ITEM)
+        source = str(step_dir / layout.STATE_ITEM)
         return params_lib.model_from(model_config, params, source), model_config
     read = exports.read_orbax if kind == "orbax" else exports.read_native
     config, tree = read(where)

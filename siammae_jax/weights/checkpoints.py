@@ -1,7 +1,7 @@
 """Training workdirs as weight sources: a workdir, its checkpoints, a step.
 
-The step-folder layout is read through the item names that
-:mod:`siammae_jax.train.checkpoint` writes (``state``, ``config``), and the
+The step-folder layout is read through the item names of
+:mod:`siammae_jax.weights.layout` (``state``, ``config``), and the
 parameters are restored onto this process's first device, whatever mesh
 they were saved from.
 """
@@ -16,7 +16,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from siammae_jax.models.definition import saved_model
-from siammae_jax.train.checkpoint import CONFIG_ITEM, STATE_ITEM
+from siammae_jax.weights.layout import CHECKPOINTS, CONFIG_ITEM, STATE_ITEM
 
 
 def absolute(path: str | epath.Path) -> epath.Path:
@@ -29,7 +29,7 @@ def is_training_checkpoint(path: epath.Path) -> bool:
     """A step folder, a ``checkpoints`` folder or a workdir holding one."""
     if (path / STATE_ITEM).exists():
         return True
-    folder = path / "checkpoints" if (path / "checkpoints").exists() else path
+    folder = path / CHECKPOINTS if (path / CHECKPOINTS).exists() else path
     return folder.is_dir() and any(
         p.name.isdigit() and (p / STATE_ITEM).exists() for p in folder.iterdir()
     )
@@ -47,7 +47,7 @@ def resolve_step_dir(path: str | epath.Path) -> epath.Path:
         raise FileNotFoundError(f"checkpoint path {path} does not exist.")
     if (path / STATE_ITEM).exists():
         return path
-    folder = path / "checkpoints" if (path / "checkpoints").exists() else path
+    folder = path / CHECKPOINTS if (path / CHECKPOINTS).exists() else path
     steps = [int(p.name) for p in folder.iterdir() if p.name.isdigit()]
     steps = [s for s in steps if (folder / str(s) / STATE_ITEM).exists()]
     if not steps:
