@@ -1,24 +1,10 @@
-"""``configs/siammae.py`` of this checkout, for scripts run as ``python benchmarks/X.py``.
-
-A script's own folder, not the repository root, is first on ``sys.path``, so the
-``configs`` folder is loaded from its path rather than imported.
-"""
+"""Config variants with overrides given on a benchmark script's command line."""
 
 from __future__ import annotations
 
 import ast
-import importlib.util
-import pathlib
 
-PATH = pathlib.Path(__file__).resolve().parents[1] / "configs" / "siammae.py"
-
-
-def get_config(variant: str):
-    """``get_config(variant)`` of this checkout's ``configs/siammae.py``."""
-    spec = importlib.util.spec_from_file_location("siammae_configs", PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(variant)
+from siammae_jax.configs.siammae import get_config
 
 
 def _value(text: str):

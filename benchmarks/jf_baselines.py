@@ -23,8 +23,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 
-import checkout_configs
-
+from siammae_jax.configs import siammae as siammae_config
 from siammae_jax.eval import baselines, tasks
 
 
@@ -34,7 +33,7 @@ def main() -> None:
     p.add_argument("--patch", type=int, default=8)
     p.add_argument("--short_side", type=int, default=64)
     args = p.parse_args()
-    cfg = checkout_configs.get_config("tiny").eval.davis
+    cfg = siammae_config.get_config("tiny").eval.davis
     cfg.short_side = args.short_side
     with tempfile.TemporaryDirectory() as tmp:
         for name, mean_only in (("mean colour", True), ("pixels", False)):

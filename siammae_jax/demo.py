@@ -29,7 +29,7 @@ import numpy as np
 from absl import app, flags
 from etils import epath
 
-from configs import siammae as configs
+from siammae_jax.configs import siammae as configs
 from siammae_jax.data import pairs, synthetic
 from siammae_jax.eval import attention, baselines, learning, pictures, tasks
 from siammae_jax.models import vit

@@ -58,7 +58,7 @@ def trained(tmp_path_factory):
     import grain
     import jax.numpy as jnp
 
-    from configs import siammae as siammae_config
+    from siammae_jax.configs import siammae as siammae_config
     from siammae_jax.models.definition import ModelDef
     from siammae_jax.train import checkpoint, optim
     from siammae_jax.train import mesh as mesh_lib

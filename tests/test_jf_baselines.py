@@ -1,19 +1,12 @@
 """siammae_jax.eval.baselines: the trivial features and the grid ceiling that
 BENCHMARKS.md and the demo print beside an encoder's J&F."""
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-import checkout_configs  # noqa: E402
-
-from siammae_jax.data import synthetic  # noqa: E402
-from siammae_jax.eval import baselines  # noqa: E402
+from siammae_jax.configs import siammae as siammae_config
+from siammae_jax.data import synthetic
+from siammae_jax.eval import baselines
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +19,7 @@ def davis_root(tmp_path_factory):
 
 
 def _cfg(short_side=32):
-    cfg = checkout_configs.get_config("tiny").eval.davis
+    cfg = siammae_config.get_config("tiny").eval.davis
     cfg.short_side = short_side
     return cfg
 

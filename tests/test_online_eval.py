@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import TEST_MODEL
 
-from configs import siammae as siammae_config
+from siammae_jax.configs import siammae as siammae_config
 from siammae_jax.data import synthetic
 from siammae_jax.datasets import davis
 from siammae_jax.eval import encoder, tasks

@@ -674,7 +674,7 @@ def test_decoder_parameters_follow_the_sharding_rules():
     give these layouts; a mesh axis is used once per array."""
     from jax.sharding import PartitionSpec as P
 
-    from configs import siammae as siammae_config
+    from siammae_jax.configs import siammae as siammae_config
     from siammae_jax.models.definition import ModelDef
 
     rules = siammae_config.get_config("vits16").sharding_rules

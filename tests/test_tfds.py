@@ -16,7 +16,7 @@ from conftest import TFDS_VIDEOS
 from etils import epath
 from PIL import Image
 
-from configs import siammae as siammae_config
+from siammae_jax.configs import siammae as siammae_config
 from siammae_jax.data import pipeline, sources, video_file
 from siammae_jax.data.video import BadVideoError
 from siammae_jax.data.video_file import VideoFile

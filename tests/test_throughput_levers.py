@@ -15,7 +15,7 @@ import pytest
 from conftest import TINY
 from flax import nnx
 
-from configs import siammae as siammae_config
+from siammae_jax.configs import siammae as siammae_config
 from siammae_jax.models import SiamMAE, layers
 from siammae_jax.models.definition import model_kwargs
 from siammae_jax.train import config as config_lib

@@ -13,7 +13,7 @@ import pytest
 from conftest import TINY
 from jax.sharding import PartitionSpec as P
 
-from configs import siammae as siammae_config
+from siammae_jax.configs import siammae as siammae_config
 from siammae_jax.data import pairs
 from siammae_jax.models.definition import ModelDef
 from siammae_jax.train import config as config_lib

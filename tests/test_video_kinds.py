@@ -274,7 +274,7 @@ def test_attention_cli_reports_an_unreadable_video_in_one_line(tmp_path):
 
 def test_a_data_path_is_used_as_what_it_holds(mixed_folder, tmp_path):
     """The tiny config with --config.data.path: the format comes from the files."""
-    from configs import siammae as siammae_config
+    from siammae_jax.configs import siammae as siammae_config
     from siammae_jax.train import loop
 
     config = siammae_config.get_config("tiny")

@@ -15,7 +15,7 @@ from conftest import TEST_MODEL
 from flax import nnx
 
 import siammae_jax
-from configs import siammae as siammae_config
+from siammae_jax.configs import siammae as siammae_config
 from siammae_jax import export, weights
 from siammae_jax.models import SiamMAE, ViT
 from siammae_jax.models.definition import ModelDef

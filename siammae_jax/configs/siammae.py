@@ -5,13 +5,16 @@ Launch (any field can be overridden with ``--config.<field>=...``)::
     python -m siammae_jax.main --config configs/siammae.py:vits16 --workdir DIR \
         --config.data.path=/data/k400_arrayrecord
 
+``configs/siammae.py`` (a checkout's re-export of this module) and this file's
+own path (``siammae_jax/configs/siammae.py:vits16``, or its place in an
+installed package) are the same configs.
+
 Variants: ``vits16`` / ``vits8`` / ``vitb16`` (the paper's recipe, Table 4a of
 Gupta et al. 2023, on Kinetics-400 prepared with ``siammae_jax.data.prepare``)
 ``tiny`` (a CPU setting on the embedded synthetic videos) and ``cpu_learn``
 (``tiny`` trained long enough to beat its random-init twin; what ``make demo``
 trains). Values marked
-"assumed" are not stated by the paper (MAE's choices; see
-../shared/SIAMMAE.md).
+"assumed" are not stated by the paper (MAE's choices).
 """
 
 import ml_collections
