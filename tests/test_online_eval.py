@@ -41,7 +41,7 @@ def _config(root, **eval_fields):
 def _online(config, workdir):
     model_def = ModelDef.from_config(config.model, config.sharding_rules)
     mesh = mesh_lib.make_mesh(config.mesh.to_dict())
-    return evaluation.OnlineDavis(config, model_def, mesh, workdir)
+    return evaluation.Online(config, model_def, mesh, workdir)
 
 
 @pytest.fixture(scope="module")
@@ -62,11 +62,12 @@ def _cli_extractor(config, params):
 
 def test_batches_are_split_over_the_devices_and_match_the_cli(online, heldout):
     ev, params, config = online
-    assert ev.batch == 8  # eval.batch_size=3 rounded up to the 8 devices
+    # eval.batch_size=3 rounded up to the 8 devices
+    assert ev.tasks[0].encode.batch == 8
     frames = davis.load_sequence(heldout, "synth_0000").frames  # 8 frames, 1 batch
     frames = np.concatenate([frames, frames[:3]])  # 11: a padded second batch
     extract, _ = _cli_extractor(config, params)
-    got = ev._extract(params)(frames)
+    got = ev.tasks[0].encode(params)(frames)
     assert got.shape == (11, 4, 4, 32)
     np.testing.assert_allclose(got, extract(frames), atol=1e-5)
 
@@ -84,7 +85,7 @@ def test_scores_equal_the_cli_runner(online, heldout, tmp_path):
     assert s["eval/davis/F_random_init"] == pytest.approx(want["F-Mean"], abs=1e-6)
     assert s["eval/davis/videos_random_init"] == VIDEOS
     assert s["eval/davis/failures"] == 0
-    assert result.jf == s["eval/davis/J&F_random_init"]
+    assert result.best == s["eval/davis/J&F_random_init"]
     assert sorted(result.images) == [
         "eval/davis/synth_0000_random_init",
         "eval/davis/synth_0001_random_init",
@@ -92,8 +93,8 @@ def test_scores_equal_the_cli_runner(online, heldout, tmp_path):
     strip = result.images["eval/davis/synth_0000_random_init"]
     assert strip.dtype == np.uint8 and strip.shape[0] == 32
     # Predictions in the official layout, where the CLI would write them.
-    assert (ev.out / "random_init" / "synth_0003" / "00007.png").is_file()
-    assert (ev.out / "random_init" / "overlays" / "synth_0001.png").is_file()
+    assert (ev.tasks[0].out / "random_init" / "synth_0003" / "00007.png").is_file()
+    assert (ev.tasks[0].out / "random_init" / "overlays" / "synth_0001.png").is_file()
 
 
 def test_a_broken_sequence_is_counted_and_the_rest_scored(online, heldout, tmp_path):
@@ -111,7 +112,7 @@ def test_a_broken_sequence_is_counted_and_the_rest_scored(online, heldout, tmp_p
     want = tasks.run_davis(
         extract, patch, broken, tmp_path / "cli", config.eval.davis, 0, False
     )
-    assert result.jf == pytest.approx(want["J&F-Mean"], abs=1e-6)
+    assert result.best == pytest.approx(want["J&F-Mean"], abs=1e-6)
 
 
 def test_the_first_evaluation_fixes_the_sequences_within_the_time_bound(
@@ -121,16 +122,16 @@ def test_the_first_evaluation_fixes_the_sequences_within_the_time_bound(
     bounded = _online(_config(heldout, max_seconds=1e-9), tmp_path)
     first = bounded(params, 0, random_init=True)
     assert first.scalars["eval/davis/videos_random_init"] == 1  # at least one
-    assert bounded.names == ["synth_0000"]
+    assert bounded.tasks[0].names == ["synth_0000"]
     later = bounded(params, 10)
     assert later.scalars["eval/davis/videos"] == 1  # the same one, not a new cut
-    assert later.jf is not None
+    assert later.best is not None
 
 
 def test_a_missing_root_is_reported_not_raised(online, tmp_path):
     ev, params, _ = online
     result = _online(_config(tmp_path / "nothing"), tmp_path / "run")(params, 3)
-    assert result.jf is None and result.images == {}
+    assert result.best is None and result.images == {}
     assert result.scalars["eval/davis/failures"] == 1
     assert "eval/davis/J&F" not in result.scalars
 
@@ -174,12 +175,12 @@ def test_a_resumed_run_scores_the_sequences_its_first_evaluation_fixed(
     _, params, _ = online
     first = _online(_config(heldout, max_seconds=1e-9), tmp_path)
     first(params, 0, random_init=True)
-    assert first.names == ["synth_0000"]
+    assert first.tasks[0].names == ["synth_0000"]
     resumed = _online(_config(heldout, max_seconds=1e-9), tmp_path)
-    assert resumed.names == ["synth_0000"]  # before any evaluation of its own
+    assert resumed.tasks[0].names == ["synth_0000"]  # before any evaluation of its own
     assert resumed(params, 10).scalars["eval/davis/videos"] == 1
     # Other held-out settings: the saved list no longer applies.
-    assert _online(_config(heldout, max_videos=2), tmp_path).names is None
+    assert _online(_config(heldout, max_videos=2), tmp_path).tasks[0].names is None
 
 
 def test_a_named_protocol_online_equals_the_cli_and_is_recorded(
@@ -200,9 +201,47 @@ def test_a_named_protocol_online_equals_the_cli_and_is_recorded(
         "davis", model, heldout, "crw", tmp_path / "cli",
         overrides={"short_side": 32}, overlays=0, progress=False,
     )  # fmt: skip
-    assert result.jf == pytest.approx(want["scores"]["J&F-Mean"], abs=1e-6)
-    written = json.loads((ev.out / "summary.json").read_text())
+    assert result.best == pytest.approx(want["scores"]["J&F-Mean"], abs=1e-6)
+    written = json.loads((ev.tasks[0].out / "summary.json").read_text())
     assert written["protocol"] == want["protocol"]
     assert written["protocol"]["settings"]["temperature"] == 0.05
     assert written["inputs"] == want["inputs"]
     assert written["weights"]["step"] == 7
+
+
+def test_every_benchmark_online_equals_the_cli(online, heldout, tmp_path):
+    """eval.tasks=davis,jhmdb,vip: one evaluator shape; each benchmark's online
+    scores are the CLI's, and eval.best_metric picks what ranks checkpoints."""
+    from siammae_jax.eval import config as eval_config
+    from siammae_jax.eval import run
+
+    _, params, _ = online
+    base = heldout.parent  # DAVIS/, JHMDB/ and VIP/ of the synthetic set
+    config = _config(base, tasks="davis,jhmdb,vip", best_metric="vip/mIoU")
+    sizes = {"jhmdb": {"size": 32}, "vip": {"long_side": 32}}
+    for task, fields in sizes.items():
+        config.eval[task] = eval_config.task_section(task)
+        config.eval[task].update(fields)
+    result = _online(config, tmp_path / "run")(params, 4)
+    model = weight_params.encoder_from(config.model, jax.device_get(params), "test")
+    want = {"davis": {"short_side": 32}, **sizes}
+    logged = {"davis": ("J&F", "J&F-Mean"), "jhmdb": ("PCK@0.2", "PCK@0.2"),
+              "vip": ("mIoU", "mIoU")}  # fmt: skip
+    for task, overrides in want.items():
+        cli = run.evaluate(
+            task, model, base / task.upper(), "siammae", tmp_path / task,
+            overrides=overrides, overlays=0, progress=False,
+        )  # fmt: skip
+        name, key = logged[task]
+        got = result.scalars[f"eval/{task}/{name}"]
+        assert got == pytest.approx(cli["scores"][key], abs=1e-6), task
+        assert result.scalars[f"eval/{task}/failures"] == 0
+    assert result.best == result.scalars["eval/vip/mIoU"]
+    assert "eval/jhmdb/synth_0000" in result.images
+
+
+def test_unknown_tasks_are_refused():
+    with pytest.raises(ValueError, match="eval.tasks='davis,pose'"):
+        evaluation.parse_tasks("davis,pose")
+    assert evaluation.parse_tasks(" vip, davis,vip") == ["vip", "davis"]
+    assert "jhmdb/PCK@0.1" in evaluation.metric_names(["davis", "jhmdb"])

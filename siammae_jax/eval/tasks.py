@@ -1,16 +1,21 @@
-"""The three label-propagation evaluators: DAVIS-2017, JHMDB and VIP.
+"""The three evaluators, one shape: videos, one video's propagation, a score.
 
-Each runner reads a benchmark in its official layout, propagates frame 0's
-labels with frozen features, writes predictions in the official format plus
-overlay pictures for the first ``overlays`` videos, scores them and returns
-the summary. Nothing partial is ever reported as a score: an error in any
-video stops the run.
+A :class:`Benchmark` knows its official layout (``videos``), carries frame 0's
+labels through one video and writes that video's predictions in the official
+format (``run_video``), and scores the videos done (``score``). The offline
+evaluation (:func:`run`, the CLI and :func:`siammae_jax.eval.evaluate`) and
+the online one during training (:mod:`siammae_jax.train.evaluation`) drive the
+same objects; only what they do around a failing video and a time bound
+differs. Adding a benchmark is a format module in
+:mod:`siammae_jax.datasets`, a ``Benchmark`` here and its config section.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
 
 import ml_collections
 import numpy as np
@@ -20,9 +25,23 @@ from tqdm import tqdm
 from siammae_jax.datasets import davis, davis_score, jhmdb, vip
 from siammae_jax.eval import geometry, pictures, propagation, provenance
 
-PathLike = str | os.PathLike
-
 Extractor = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclasses.dataclass
+class Video:
+    """One propagated video: what ``score`` needs and its overlay picture.
+
+    Attributes:
+      name: the video's name in its split.
+      partial: the benchmark's per-video result (None for DAVIS, whose score
+        reads the written predictions).
+      picture: frames with the predictions drawn over them (uint8), or None.
+    """
+
+    name: str
+    partial: Any = None
+    picture: np.ndarray | None = None
 
 
 def input_size(
@@ -83,48 +102,15 @@ def propagate_ids(
     frame 0 is ``first``) and the encoder's input (height, width).
     """
     feats, size = encoder_input(extract, frames, patch, cfg)
-    grid = feats.shape[1:3]
-    labels = geometry.labels_in(first, classes, grid, cfg.labels_in, size)
+    labels = geometry.labels_in(first, classes, feats.shape[1:3], cfg.labels_in, size)
     soft = propagation.propagate(feats, labels, prop_config(cfg))
-    hw = first.shape
     index = [
-        geometry.labels_out(x, hw, size, cfg.labels_out, cfg.norm_mask) for x in soft
+        geometry.labels_out(x, first.shape, size, cfg.labels_out, cfg.norm_mask)
+        for x in soft
     ]
     ids = np.asarray(classes)[np.stack(index)]
     ids[0] = first
     return ids, size
-
-
-def davis_sequence(
-    extract: Extractor, patch: int, root: PathLike, seq: str,
-    cfg: ml_collections.ConfigDict, inputs: provenance.Inputs | None = None,
-) -> tuple[davis.DavisSequence, np.ndarray]:  # fmt: skip
-    """One DAVIS sequence and its propagated object ids, uint8 [T, H, W]
-    (frame 0 is the ground truth); its input size goes to ``inputs``."""
-    s = davis.load_sequence(root, seq)
-    ids = np.array((0, *s.object_ids))
-    masks, size = propagate_ids(extract, s.frames, s.first_mask, ids, patch, cfg)
-    if inputs is not None:
-        inputs.add(seq, s.frame_names, s.frames.shape[1:3], size)
-    return s, masks.astype(np.uint8)
-
-
-def run_davis(
-    extract: Extractor, patch: int, root: PathLike, out: PathLike,
-    cfg: ml_collections.ConfigDict, overlays: int = 3, progress: bool = True,
-    inputs: provenance.Inputs | None = None,
-) -> dict:  # fmt: skip
-    """DAVIS-2017 semi-supervised: indexed PNGs, then the official scores."""
-    out = epath.Path(out)
-    names = davis.read_set(root, cfg.split)
-    for i, seq in enumerate(tqdm(names, desc="DAVIS", disable=not progress)):
-        s, masks = davis_sequence(extract, patch, root, seq, cfg, inputs)
-        davis.write_masks(out, seq, s.frame_names, masks)
-        if i < overlays:
-            _save_strip(out / "overlays" / f"{seq}.png", s.frames, masks)
-    global_row, rows = davis_score.score(root, out, cfg.split, progress=progress)
-    davis_score.write_csvs(out, global_row, rows, cfg.split)
-    return global_row
 
 
 def overlay_strip(frames: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -133,57 +119,124 @@ def overlay_strip(frames: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return pictures.strip([pictures.overlay(frames[t], labels[t]) for t in picks])
 
 
-def _save_strip(path: epath.Path, frames, labels) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pictures.save(path, overlay_strip(frames, labels))
+class Benchmark:
+    """One benchmark's layout, per-video propagation and score.
+
+    Attributes:
+      name: ``davis``, ``jhmdb`` or ``vip`` (the config section's name).
+      folder: its folder in a synthetic set (``synthetic.write_dataset``).
+      metrics: ``{logged name: key of the score dict}``.
+    """
+
+    name: ClassVar[str]
+    folder: ClassVar[str]
+    metrics: ClassVar[dict[str, str]]
+
+    def videos(self, root, cfg: ml_collections.ConfigDict) -> list[str]:
+        """The split's videos, in order."""
+        raise NotImplementedError
+
+    def run_video(
+        self, extract: Extractor, patch: int, root, video: str,
+        cfg: ml_collections.ConfigDict, out: epath.Path | None,
+        inputs: provenance.Inputs | None = None, picture: bool = False,
+    ) -> Video:  # fmt: skip
+        """Propagates one video and writes its predictions under ``out``
+        (nothing written when None)."""
+        raise NotImplementedError
+
+    def score(
+        self, root, out: epath.Path, cfg: ml_collections.ConfigDict,
+        done: Sequence[Video], progress: bool = False,
+    ) -> dict[str, float]:  # fmt: skip
+        """The official scores of the videos ``done`` (predictions in
+        ``out``), with the summary files written there."""
+        raise NotImplementedError
 
 
-def run_jhmdb(
-    extract: Extractor, patch: int, root: PathLike, out: PathLike,
-    cfg: ml_collections.ConfigDict, overlays: int = 3, progress: bool = True,
-    inputs: provenance.Inputs | None = None,
-) -> dict:  # fmt: skip
-    """JHMDB pose propagation: 15 joint heatmaps, top-3 decoding, PCK."""
-    out = epath.Path(out)
-    preds, truths = [], []
-    videos = jhmdb.read_split(root, cfg.split)
-    for i, (cls, name) in enumerate(tqdm(videos, desc="JHMDB", disable=not progress)):
+class Davis(Benchmark):
+    """DAVIS-2017 semi-supervised: indexed PNGs, then the official J&F."""
+
+    name, folder = "davis", "DAVIS"
+    metrics = {"J&F": "J&F-Mean", "J": "J-Mean", "F": "F-Mean"}
+
+    def videos(self, root, cfg):
+        return davis.read_set(root, cfg.split)
+
+    def run_video(self, extract, patch, root, video, cfg, out, inputs=None,
+                  picture=False):  # fmt: skip
+        s = davis.load_sequence(root, video)
+        ids = np.array((0, *s.object_ids))
+        masks, size = propagate_ids(extract, s.frames, s.first_mask, ids, patch, cfg)
+        masks = masks.astype(np.uint8)
+        if inputs is not None:
+            inputs.add(video, s.frame_names, s.frames.shape[1:3], size)
+        if out is not None:
+            davis.write_masks(out, video, s.frame_names, masks)
+        strip = overlay_strip(s.frames, masks) if picture else None
+        return Video(video, None, strip)
+
+    def score(self, root, out, cfg, done, progress=False):
+        names = [v.name for v in done]
+        row, rows = davis_score.score(root, out, cfg.split, progress, names=names)
+        davis_score.write_csvs(out, row, rows, cfg.split)
+        return row
+
+
+class Jhmdb(Benchmark):
+    """JHMDB pose propagation: 15 joint heatmaps, top-k decoding, PCK."""
+
+    name, folder = "jhmdb", "JHMDB"
+    metrics = {"PCK@0.1": "PCK@0.1", "PCK@0.2": "PCK@0.2"}
+
+    def videos(self, root, cfg):
+        return [f"{cls}/{name}" for cls, name in jhmdb.read_split(root, cfg.split)]
+
+    def run_video(self, extract, patch, root, video, cfg, out, inputs=None,
+                  picture=False):  # fmt: skip
+        cls, name = video.split("/")
         v = jhmdb.load_video(root, cls, name)
         hw = v.frames.shape[1:3]
         feats, size = encoder_input(extract, v.frames, patch, cfg)
         if inputs is not None:
-            inputs.add(f"{cls}/{name}", [str(len(v.frames))], hw, size)
-        grid = feats.shape[1:3]
+            inputs.add(video, [str(len(v.frames))], hw, size)
         first = jhmdb.joint_heatmaps(
-            v.joints[0], hw, grid, sigma=cfg.sigma, style=cfg.heatmap, coords=cfg.coords
-        )
+            v.joints[0], hw, feats.shape[1:3], sigma=cfg.sigma, style=cfg.heatmap,
+            coords=cfg.coords,
+        )  # fmt: skip
         soft = propagation.propagate(feats, first, prop_config(cfg))
         pred = jhmdb.decode_joints(soft, hw, topk=cfg.decode_topk, coords=cfg.coords)
-        jhmdb.write_predictions(out, cls, name, pred)
-        preds.append(pred)
-        truths.append(v.joints)
-        if i < overlays:
+        if out is not None:
+            jhmdb.write_predictions(out, cls, name, pred)
+        strip = None
+        if picture:
             picks = pictures.pick_frames(len(v.frames))
-            images = [pictures.skeleton(v.frames[t], pred[t]) for t in picks]
-            (out / "overlays").mkdir(parents=True, exist_ok=True)
-            pictures.save(out / "overlays" / f"{name}.png", pictures.strip(images))
-    results = jhmdb.pck(preds, truths, invalid=cfg.pck_invalid)
-    jhmdb.write_summary(out, results)
-    return {k: v for k, v in results.items() if k.startswith("PCK@")}
+            strip = pictures.strip(
+                [pictures.skeleton(v.frames[t], pred[t]) for t in picks]
+            )
+        return Video(video, (pred, v.joints), strip)
+
+    def score(self, root, out, cfg, done, progress=False):
+        preds = [v.partial[0] for v in done]
+        truths = [v.partial[1] for v in done]
+        results = jhmdb.pck(preds, truths, invalid=cfg.pck_invalid)
+        jhmdb.write_summary(out, results)
+        return {k: v for k, v in results.items() if k.startswith("PCK@")}
 
 
-def run_vip(
-    extract: Extractor, patch: int, root: PathLike, out: PathLike,
-    cfg: ml_collections.ConfigDict, overlays: int = 3, progress: bool = True,
-    inputs: provenance.Inputs | None = None,
-) -> dict:  # fmt: skip
+class Vip(Benchmark):
     """VIP part propagation: class-index PNGs and mIoU over all frames but 0
     (all frames with ``cfg.count_first``: frame 0 is the ground truth)."""
-    out = epath.Path(out)
-    confusion = vip.ConfusionMatrix()
-    names = vip.read_list(root, cfg.split)
-    for i, name in enumerate(tqdm(names, desc="VIP", disable=not progress)):
-        v = vip.load_video(root, name)
+
+    name, folder = "vip", "VIP"
+    metrics = {"mIoU": "mIoU"}
+
+    def videos(self, root, cfg):
+        return vip.read_list(root, cfg.split)
+
+    def run_video(self, extract, patch, root, video, cfg, out, inputs=None,
+                  picture=False):  # fmt: skip
+        v = vip.load_video(root, video)
         hw = v.labels.shape[1:3]
         vip.onehot(v.labels[0])  # Checks the label values.
         first = np.where(v.labels[0] == vip.VOID, 0, v.labels[0])
@@ -192,15 +245,51 @@ def run_vip(
         preds = preds.astype(np.uint8)
         preds[0] = v.labels[0]
         if inputs is not None:
-            inputs.add(name, v.frame_names, hw, size)
+            inputs.add(video, v.frame_names, hw, size)
+        confusion = vip.ConfusionMatrix()
         for t in range(0 if cfg.count_first else 1, len(preds)):
             confusion.update(preds[t], v.labels[t])
-        vip.write_parts(out, name, v.frame_names, preds)
-        if i < overlays:
-            _save_strip(out / "overlays" / f"{name}.png", v.frames, preds)
-    summary = confusion.summary()
-    vip.write_summary(out, summary)
-    return {"mIoU": summary["mIoU"]}
+        if out is not None:
+            vip.write_parts(out, video, v.frame_names, preds)
+        strip = overlay_strip(v.frames, preds) if picture else None
+        return Video(video, confusion.matrix, strip)
+
+    def score(self, root, out, cfg, done, progress=False):
+        confusion = vip.ConfusionMatrix()
+        for v in done:
+            confusion.matrix += v.partial
+        summary = confusion.summary()
+        vip.write_summary(out, summary)
+        return {"mIoU": summary["mIoU"]}
 
 
+BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (Davis(), Jhmdb(), Vip())}
+
+
+def run(
+    task: str, extract: Extractor, patch: int, root, out,
+    cfg: ml_collections.ConfigDict, overlays: int = 3, progress: bool = True,
+    inputs: provenance.Inputs | None = None,
+) -> dict:  # fmt: skip
+    """Scores every video of the split (offline: an error in any video stops
+    the run; nothing partial is reported as a score). Writes predictions,
+    overlay pictures (the first ``overlays`` videos) and the summary files."""
+    bench, out = BENCHMARKS[task], epath.Path(out)
+    done = []
+    names = bench.videos(root, cfg)
+    for i, name in enumerate(tqdm(names, desc=task.upper(), disable=not progress)):
+        video = bench.run_video(
+            extract, patch, root, name, cfg, out, inputs, picture=i < overlays
+        )
+        if video.picture is not None:
+            path = out / "overlays" / f"{name.split('/')[-1]}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            pictures.save(path, video.picture)
+        done.append(video)
+    return bench.score(root, out, cfg, done, progress)
+
+
+run_davis = functools.partial(run, "davis")
+run_jhmdb = functools.partial(run, "jhmdb")
+run_vip = functools.partial(run, "vip")
 RUNNERS = {"davis": run_davis, "jhmdb": run_jhmdb, "vip": run_vip}
