@@ -15,8 +15,8 @@ from conftest import TEST_MODEL
 from flax import nnx
 
 import siammae_jax
-from siammae_jax.configs import siammae as siammae_config
 from siammae_jax import export, weights
+from siammae_jax.configs import siammae as siammae_config
 from siammae_jax.models import SiamMAE, ViT
 from siammae_jax.models.definition import ModelDef
 from siammae_jax.train import loop, optim
