@@ -129,30 +129,40 @@ def get_config(arg: str = "vits16") -> ml_collections.ConfigDict:
     c.train.measure_videos = 40
     c.train.measure_gap = 12  # frames between f1 and f2 of the held-out pairs
 
-    # Online evaluation (siammae_jax/train/evaluation.py): DAVIS-style label
-    # propagation of the current encoder every N steps and at the end (0: off),
-    # with the code and settings of `python -m siammae_jax.eval davis`.
+    # Online evaluation (siammae_jax/train/evaluation.py): label propagation
+    # of the current encoder on DAVIS, JHMDB and/or VIP every N steps and at
+    # the end (0: off), with the code and settings of `python -m
+    # siammae_jax.eval TASK`.
     c.eval = ml_collections.ConfigDict()
     c.eval.every = 0
     # Named evaluation protocol (docs/protocols.md: siammae, dino, crw,
     # 480x880); fields of eval.davis that differ from the siammae protocol
     # apply on top of it and are recorded as departures in summary.json.
     c.eval.protocol = "siammae"
-    c.eval.data = ""  # a DAVIS-2017 root, or "synthetic" (held-out videos)
-    c.eval.max_videos = 30  # the first N sequences of the split
+    # Benchmarks scored online (comma-separated: davis, jhmdb, vip), each
+    # logging eval/<task>/<metric> and its random-init twin's once.
+    c.eval.tasks = "davis"
+    c.eval.best_metric = "davis/J&F"  # ranks checkpoints: <task>/<metric>
+    # "synthetic" (held-out videos, every layout), a folder holding DAVIS/,
+    # JHMDB/ and VIP/, or with one task its root (e.g. a DAVIS-2017 root).
+    c.eval.data = ""
+    c.eval.max_videos = 30  # the first N videos of each split
     # Time bound of one evaluation: the first one (the random-init encoder, at
     # step 0) keeps the sequences done within it, and every later one scores
     # the same sequences.
     c.eval.max_seconds = 600.0
     c.eval.batch_size = 8  # frames per encoder call (rounded up to the devices)
     c.eval.overlays = 2  # videos drawn as overlay pictures in TensorBoard
-    c.eval.keep_best = True  # also keep the best-J&F checkpoint (orbax BestN)
+    c.eval.keep_best = True  # also keep the best checkpoint (orbax BestN)
     c.eval.synthetic_seed = 1  # eval.data=synthetic: the held-out set's seed
     c.eval.synthetic_frames = 24
     # default, or unseen: textures and motion the training set never shows
     # (siammae_jax/data/synthetic_videos.py STYLES).
     c.eval.synthetic_style = "default"
-    c.eval.davis = eval_config.get_config().davis  # split, short_side, topk, ...
+    # Each benchmark's section (split, input size, top-k, ...: the siammae
+    # protocol's values; fields that differ are departures from eval.protocol).
+    for task in ("davis", "jhmdb", "vip"):
+        c.eval[task] = eval_config.task_section(task)
 
     c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
     # Logical axis (model) -> mesh axis. Unlisted names are replicated.
@@ -211,6 +221,8 @@ def _tiny(c: ml_collections.ConfigDict) -> None:
     c.eval.max_videos = 16
     c.eval.max_seconds = 120.0
     c.eval.davis.short_side = c.model.image_size
+    c.eval.jhmdb.size = c.model.image_size
+    c.eval.vip.long_side = c.model.image_size
 
 
 def _cpu_learn(c: ml_collections.ConfigDict) -> None:
