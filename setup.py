@@ -10,7 +10,7 @@ setup(
     description="Siamese Masked Autoencoders (SiamMAE) in JAX/Flax",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     packages=find_packages(include=["siammae_jax", "siammae_jax.*"]),
     install_requires=[
         "jax>=0.10.0",

@@ -41,9 +41,8 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
-
 import tomllib
+from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 EQUIVALENT_FILE = ROOT / "benchmarks" / "mutation_equivalent.toml"
