@@ -43,7 +43,7 @@ def test_top_ops_sum_device_time_per_op_and_ignore_the_host(tmp_path):
         _meta(1, "/host:CPU"),
         _meta(2, "/device:GPU:0"),
         _meta(2, "Stream #1", tid=7),
-        _op(1, 3, "PjitFunction(step)", 9000.0),  # host: never counted
+        _op(1, 3, "jit(step) dispatch", 9000.0),  # host: never counted
         _op(2, 7, "fusion.3", 300.0),
         _op(2, 7, "gemm.1", 500.0),
         _op(2, 7, "fusion.3", 300.0),
@@ -60,7 +60,7 @@ def test_top_ops_on_a_cpu_read_the_xla_threads(tmp_path):
         _meta(1, "/host:CPU"),
         _meta(1, "python", tid=1),
         _meta(1, "tf_XLAEigen/5", tid=2),
-        _op(1, 1, "PjitFunction(step)", 9000.0),
+        _op(1, 1, "jit(step) dispatch", 9000.0),
         _op(1, 2, "dot_fusion", 40.0),
         _op(1, 2, "ThunkExecutor::Execute (wait for completion)", 400.0),
         _op(1, 2, "end: dot_fusion", 1.0),
