@@ -17,6 +17,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from conftest import TEST_MODEL
 from flax import nnx
@@ -123,6 +124,30 @@ def test_checkpoint_params_from_a_relative_path_and_the_probe(trained, monkeypat
     held = learning.heldout_pairs(4, 2, 32, gap=2)
     past = learning.past_frame_use(apply, held, jax.random.key(0), 8)
     assert cells[1:4] == [f"{v:.3f}" for v in past]
+
+
+def test_reading_checkpoints_and_exports_makes_no_deprecated_orbax_call(
+    trained, tmp_path, monkeypatch
+):
+    """orbax reports a legacy call (e.g. a restore without ``args``) as a
+    ``/jax/orbax/deprecation/...`` monitoring event, not as a warning."""
+    events = []
+    record = jax.monitoring.record_event
+
+    def spy(event, **kwargs):
+        events.append(event)
+        return record(event, **kwargs)
+
+    monkeypatch.setattr(jax.monitoring, "record_event", spy)
+    workdir, _ = trained
+    model, model_config = weights.load(workdir)
+    out = exports.save(tmp_path / "x", model, model_config, what="model")
+    weights.load(out)
+    assert [e for e in events if "deprecation" in e] == []
+    # The spy sees orbax's events: the legacy form of the same read is one.
+    with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as checkpointer:
+        checkpointer.restore(out / "config")
+    assert "/jax/orbax/deprecation/checkpointer_legacy_args" in events
 
 
 def test_save_encoder_from_params_and_model(trained, tmp_path):

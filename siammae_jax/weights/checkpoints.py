@@ -66,7 +66,7 @@ def saved_config(step_dir: epath.Path) -> dict[str, Any]:
     if not item.exists():
         raise FileNotFoundError(f"{item}: no saved config in this checkpoint.")
     with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as checkpointer:
-        config = checkpointer.restore(item)
+        config = checkpointer.restore(item, ocp.args.JsonRestore())
     if "model" in config:
         config["model"] = saved_model(config["model"])
     return config

@@ -241,7 +241,7 @@ def verify(folder: epath.Path, card: Mapping) -> None:
 def read_orbax(folder: epath.Path) -> tuple[dict, dict]:
     """(stored config, variables) of an orbax export folder."""
     with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as checkpointer:
-        config = checkpointer.restore(folder / "config")
+        config = checkpointer.restore(folder / "config", ocp.args.JsonRestore())
     return config, restore_on_one_device(folder / "params")
 
 
