@@ -25,7 +25,7 @@ import collections
 import concurrent.futures
 from collections.abc import Callable
 
-import grain.python as grain
+import grain
 from etils import epath
 from tqdm import tqdm
 
@@ -252,7 +252,7 @@ class ArrayRecordSource(_Source):
         self.num_files, self.skipped = len(self._shards), []
         if not self._shards:
             raise ValueError(f"no *{ARRAY_RECORD_SUFFIX} shards under {root}")
-        self._records = grain.ArrayRecordDataSource(self._shards)
+        self._records = grain.sources.ArrayRecordDataSource(self._shards)
         if not len(self._records):
             raise ValueError(f"the shards under {root} hold no videos")
 
