@@ -5,6 +5,10 @@ breaks a cycle at run time still ties the two modules together. Two levels
 are checked: modules (``siammae_jax.data.prepare``) and the package's parts
 (``siammae_jax.data``, ``siammae_jax.eval``, ..., each top-level module such
 as ``siammae_jax.demo``, and ``siammae_jax`` itself for its ``__init__``).
+An import names the module it loads (``from a import b``: ``a.b`` when that is
+a module, else ``a``); the ``__init__`` of the packages above it, which Python
+also runs, is not an edge (a package that imports its own modules would
+otherwise sit in a cycle with each of them).
 """
 
 from __future__ import annotations
