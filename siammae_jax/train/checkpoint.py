@@ -1,4 +1,5 @@
-"""Orbax checkpoints of the whole run: train state, data iterator, config.
+"""Orbax checkpoints of the whole run: train state, data iterator, config,
+counters.
 
 Saves are asynchronous and atomic (orbax writes to a temporary folder and
 renames it when complete), so a crash mid-save leaves the previous steps as
@@ -9,6 +10,7 @@ saved on 8 devices continues on 1 or 4.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any
@@ -18,8 +20,13 @@ import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
 
-from siammae_jax.train.state import TrainState
-from siammae_jax.weights.layout import CONFIG_ITEM, DATA_ITEM, STATE_ITEM
+from siammae_jax.train.state import Counters, TrainState
+from siammae_jax.weights.layout import (
+    CONFIG_ITEM,
+    COUNTERS_ITEM,
+    DATA_ITEM,
+    STATE_ITEM,
+)
 
 _policies = ocp.checkpoint_managers
 
@@ -46,7 +53,8 @@ class _IteratorSnapshot:
 
 
 class Checkpointer:
-    """Saves and restores (state, data iterator, config) under ``directory``.
+    """Saves and restores (state, data iterator, config, counters) under
+    ``directory``.
 
     Args:
       directory: where step folders are written (``<workdir>/checkpoints``).
@@ -110,14 +118,19 @@ class Checkpointer:
         *,
         force: bool = False,
         metrics: dict[str, float] | None = None,
+        counters: Counters | None = None,
     ) -> bool:
         """Starts saving ``step`` if the policy (or ``force``) says so;
-        ``metrics`` (``{"J&F": ...}``) rank it for ``keep_best``."""
-        args = ocp.args.Composite(**{
+        ``metrics`` (``{"J&F": ...}``) rank it for ``keep_best``; ``counters``
+        are saved with it (a resumed run continues them)."""
+        items = {
             STATE_ITEM: ocp.args.StandardSave(state),
             DATA_ITEM: grain.checkpoint.CheckpointSave(_IteratorSnapshot(iterator)),
             CONFIG_ITEM: ocp.args.JsonSave(json.loads(config.to_json())),
-        })  # fmt: skip
+        }
+        if counters is not None:
+            items[COUNTERS_ITEM] = ocp.args.JsonSave(dataclasses.asdict(counters))
+        args = ocp.args.Composite(**items)
         return self.manager.save(step, args=args, force=force, metrics=metrics)
 
     def best_step(self) -> int | None:
@@ -138,6 +151,14 @@ class Checkpointer:
         """The config stored with ``step``."""
         args = ocp.args.Composite(**{CONFIG_ITEM: ocp.args.JsonRestore()})
         return self.manager.restore(step, args=args)[CONFIG_ITEM]
+
+    def saved_counters(self, step: int) -> Counters:
+        """The counters stored with ``step`` (zeros for a checkpoint written
+        before they were)."""
+        if not (self.directory / str(step) / COUNTERS_ITEM).exists():
+            return Counters()
+        args = ocp.args.Composite(**{COUNTERS_ITEM: ocp.args.JsonRestore()})
+        return Counters(**self.manager.restore(step, args=args)[COUNTERS_ITEM])
 
     def wait(self) -> None:
         """Blocks until the asynchronous saves in flight are complete."""

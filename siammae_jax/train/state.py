@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import flax
@@ -28,6 +29,21 @@ class TrainState:
     params: Any
     opt_state: Any
     bad_in_a_row: jax.Array
+
+
+@dataclasses.dataclass
+class Counters:
+    """Host-side tallies of a run, checkpointed with its state so that a
+    resumed run continues them.
+
+    Attributes:
+      data_skipped: videos that could not be read and were replaced (this
+        process's; process 0's is logged and saved).
+      bad_steps: steps whose loss or gradient was not finite (update skipped).
+    """
+
+    data_skipped: int = 0
+    bad_steps: int = 0
 
 
 def state_shardings(

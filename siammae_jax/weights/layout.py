@@ -10,3 +10,4 @@ CHECKPOINTS = "checkpoints"  # the folder of step folders in a workdir
 STATE_ITEM = "state"  # the train state (parameters, optimizer, step, counters)
 DATA_ITEM = "data"  # the data iterator's state (grain)
 CONFIG_ITEM = "config"  # the whole config, as JSON
+COUNTERS_ITEM = "counters"  # data_skipped and bad_steps, as JSON (may be absent)
