@@ -59,40 +59,38 @@ def test_iterator_snapshot_is_taken_when_made():
 
 
 def test_model_changes_name_what_blocks_a_resume():
-    from siammae_jax.train import loop  # imports TensorFlow (clu): only here
+    from siammae_jax.train.restore import model_changes
 
     saved = {"encoder": "demo/8", "decoder_depth": 2, "dtype": "float32"}
     now = {"encoder": "demo/8", "decoder_depth": 1, "dtype": "bfloat16"}
-    assert loop.model_changes(saved, now) == ["decoder_depth: 2 -> 1"]
-    assert loop.model_changes(saved, {**saved, "dtype": "bfloat16"}) == []
+    assert model_changes(saved, now) == ["decoder_depth: 2 -> 1"]
+    assert model_changes(saved, {**saved, "dtype": "bfloat16"}) == []
     # JSON turned the saved tuples into lists: not a change.
-    assert loop.model_changes({"size": [64, 64]}, {"size": (64, 64)}) == []
+    assert model_changes({"size": [64, 64]}, {"size": (64, 64)}) == []
     # A field the checkpoint predates counts as the model's default for it.
-    assert loop.model_changes({}, {"mask_ratio": 0.95, "attention": "xla"}) == []
-    assert loop.model_changes({}, {"mask_ratio": 0.9}) == [
+    assert model_changes({}, {"mask_ratio": 0.95, "attention": "xla"}) == []
+    assert model_changes({}, {"mask_ratio": 0.9}) == [
         "mask_ratio: 0.95 (the default; not saved) -> 0.9"
     ]
-    assert loop.model_changes({}, {"nonsense": 1}) == ["nonsense: None -> 1"]
+    assert model_changes({}, {"nonsense": 1}) == ["nonsense: None -> 1"]
 
 
 def test_a_checkpoint_predating_maes_conventions_resumes_only_with_the_old_ones():
     """A saved model section without ``norm_pix_ddof`` / ``visible_rule`` was
     trained with the population variance and rounding: it resumes with 0 and
     ``round``, and today's defaults (1, ``int``) are changes that block it."""
-    from siammae_jax.train import loop  # imports TensorFlow (clu): only here
+    from siammae_jax.train.restore import model_changes
 
     old = {"encoder": "test/8", "mask_ratio": 0.9}
-    assert loop.model_changes(old, {**old, "norm_pix_ddof": 0}) == []
-    assert loop.model_changes(old, {**old, "visible_rule": "round"}) == []
-    assert loop.model_changes(
-        old, {**old, "norm_pix_ddof": 1, "visible_rule": "int"}
-    ) == [
+    assert model_changes(old, {**old, "norm_pix_ddof": 0}) == []
+    assert model_changes(old, {**old, "visible_rule": "round"}) == []
+    assert model_changes(old, {**old, "norm_pix_ddof": 1, "visible_rule": "int"}) == [
         "norm_pix_ddof: 0 (before the field existed; not saved) -> 1",
         "visible_rule: 'round' (before the field existed; not saved) -> 'int'",
     ]
     new = {**old, "norm_pix_ddof": 1, "visible_rule": "int"}
-    assert loop.model_changes(new, new) == []
-    assert loop.model_changes(new, {**new, "visible_rule": "round"}) == [
+    assert model_changes(new, new) == []
+    assert model_changes(new, {**new, "visible_rule": "round"}) == [
         "visible_rule: 'int' -> 'round'"
     ]
 

@@ -13,6 +13,7 @@ from array_record.python.array_record_module import ArrayRecordReader
 from PIL import Image
 
 from siammae_jax.data import sources
+from siammae_jax.data import spec as data_spec
 from siammae_jax.data.prepare import SHARD_PATTERN, TMP_SUFFIX, prepare
 from siammae_jax.data.video import PackedVideo
 from siammae_jax.data.video_file import VideoFile
@@ -70,7 +71,7 @@ def records(out):
 
 def test_packed_frames_match_the_videos(video_dir, packed):
     out, summary = packed
-    source = sources.open_source(out)
+    source = data_spec.open(data_spec.DataSpec(path=str(out)))
     assert isinstance(source, sources.ArrayRecordSource)
     assert len(source) == summary["packed"] == 3
     for i, name in enumerate(sorted(SHAPES)):

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from siammae_jax.data import sources
+from siammae_jax.data import spec as data_spec
 from siammae_jax.data.video import BadVideoError, FrameFolder
 from siammae_jax.data.video_file import VideoFile
 
@@ -241,21 +242,23 @@ def test_missing_and_empty_paths(tmp_path):
         with pytest.raises(ValueError, match=str(tmp_path)):
             cls(tmp_path)
     with pytest.raises(FileNotFoundError, match="nowhere"):
-        sources.open_source(tmp_path / "nowhere")
+        _open(tmp_path / "nowhere")
     with pytest.raises(ValueError, match="no videos found"):
-        sources.open_source(tmp_path)
+        _open(tmp_path)
 
 
-def test_open_source_infers_format(videos, tmp_path):
+def _open(path, format=""):
+    return data_spec.open(data_spec.DataSpec(path=str(path), format=format))
+
+
+def test_open_infers_the_format(videos, tmp_path):
     video_dir = str(VideoFile(videos["mp4_gop12"]).path).rsplit("/", 1)[0]
-    assert isinstance(sources.open_source(video_dir), sources.VideoFolderSource)
+    assert isinstance(_open(video_dir), sources.VideoFolderSource)
     dump_frames(tmp_path / "f" / "clip", make_frames(3))
-    assert isinstance(sources.open_source(tmp_path / "f"), sources.FrameFolderSource)
-    assert isinstance(
-        sources.open_source(tmp_path / "f", "frames"), sources.FrameFolderSource
-    )
-    with pytest.raises(ValueError, match="video, frames, array_record"):
-        sources.open_source(tmp_path / "f", "tfrecord")
+    assert isinstance(_open(tmp_path / "f"), sources.FrameFolderSource)
+    assert isinstance(_open(tmp_path / "f", "frames"), sources.FrameFolderSource)
+    with pytest.raises(ValueError, match="video, frames, array_record, tfds, synth"):
+        _open(tmp_path / "f", "tfrecord")
 
 
 def test_sources_pickle_and_repr(videos, tmp_path):

@@ -508,10 +508,10 @@ def test_a_folder_of_real_containers_trains_two_epochs_without_skips(tmp_path):
 
 
 def test_first_ctrl_c_requests_a_stop_and_a_second_aborts():
-    from siammae_jax.train import loop
+    from siammae_jax.train import preemption
 
     before = signal.getsignal(signal.SIGINT)  # SIG_IGN under nohup, say
-    flag = loop._Preemption()
+    flag = preemption.Preemption()
     try:
         os.kill(os.getpid(), signal.SIGINT)
         assert flag.requested and flag.name == "SIGINT"

@@ -275,25 +275,28 @@ def test_attention_cli_reports_an_unreadable_video_in_one_line(tmp_path):
 def test_a_data_path_is_used_as_what_it_holds(mixed_folder, tmp_path):
     """The tiny config with --config.data.path: the format comes from the files."""
     from siammae_jax.configs import siammae as siammae_config
-    from siammae_jax.train import loop
+    from siammae_jax.data import spec as data_spec
+
+    def open_data(config, workdir):
+        return data_spec.open(data_spec.DataSpec.from_config(config.data, 0), workdir)
 
     config = siammae_config.get_config("tiny")
     config.data.path = str(mixed_folder)
     workdir = tmp_path / "run"
     workdir.mkdir()
-    source = loop.open_data(config, workdir)
+    source = open_data(config, workdir)
     assert isinstance(source, sources.VideoFolderSource) and len(source) == 9
-    listing = (workdir / loop.SKIPPED_VIDEOS).read_text().splitlines()
+    listing = (workdir / data_spec.SKIPPED_VIDEOS).read_text().splitlines()
     assert listing[0] == "# videos: 13 files, 9 usable, 4 skipped: path<TAB>reason"
     assert sorted(Path(x.split("\t")[0]).name for x in listing[1:]) == [
         "clip.bin", "empty.mp4", "notes.txt", "poster.dat",
     ]  # fmt: skip
     config.data.check_videos = 5  # More videos than that: found when read.
-    assert len(loop.open_data(config, workdir)) == 10
+    assert len(open_data(config, workdir)) == 10
     shards = tmp_path / "shards"
     prepare.prepare(mixed_folder, shards, short_side=32, progress=False)
     config.data.path = str(shards)
-    assert isinstance(loop.open_data(config, workdir), sources.ArrayRecordSource)
+    assert isinstance(open_data(config, workdir), sources.ArrayRecordSource)
     config.data.path, config.data.format = str(mixed_folder), "synthetic"
     with pytest.raises(ValueError, match="leave data.format empty"):
-        loop.open_data(config, workdir)
+        open_data(config, workdir)

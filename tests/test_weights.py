@@ -19,9 +19,10 @@ from siammae_jax import export, weights
 from siammae_jax.configs import siammae as siammae_config
 from siammae_jax.models import SiamMAE, ViT
 from siammae_jax.models.definition import ModelDef
-from siammae_jax.train import loop, optim
 from siammae_jax.train import mesh as mesh_lib
+from siammae_jax.train import optim
 from siammae_jax.train import state as state_lib
+from siammae_jax.train.restore import warm_start
 from siammae_jax.weights import exports
 from siammae_jax.weights import params as weight_params
 
@@ -136,7 +137,7 @@ def test_warm_start_from_a_whole_model_export_continues_its_loss(trained, export
     source_params = nnx.to_pure_dict(nnx.state(source, nnx.Param))
     model_def, state = _fresh_state(TEST_MODEL)
     fresh = _loss(model_def, state.params)
-    warm = loop.warm_start(state, str(exported["orbax_model"]))
+    warm = warm_start(state, str(exported["orbax_model"]))
     want = _loss(model_def, source_params)
     assert _loss(model_def, warm.params) == pytest.approx(want, rel=1e-6)
     assert abs(want - fresh) > 1e-3  # the weights changed the loss
@@ -149,7 +150,7 @@ def test_warm_start_from_a_whole_model_export_continues_its_loss(trained, export
 def test_warm_start_from_an_encoder_keeps_the_fresh_decoder(trained, exported):
     _, params = trained
     _, state = _fresh_state(TEST_MODEL)
-    warm = loop.warm_start(state, str(exported["safetensors_encoder"]))
+    warm = warm_start(state, str(exported["safetensors_encoder"]))
     for a, b in zip(
         jax.tree.leaves(warm.params["encoder"]), jax.tree.leaves(params), strict=True
     ):
@@ -166,7 +167,7 @@ def test_warm_start_names_the_parameters_that_do_not_fit(exported):
     _, state = _fresh_state({**TEST_MODEL, "decoder_dim": 48})
     shape = r"wrong shapes \(\d+\): .*'decoder_blocks/0/attn/key/kernel: \(32, 2, 16\) != \(48, 2, 24\)'"
     with pytest.raises(ValueError, match=f"do not fit this run's model.*{shape}"):
-        loop.warm_start(state, str(exported["orbax_model"]))
+        warm_start(state, str(exported["orbax_model"]))
 
 
 def test_export_refuses_what_it_cannot_hold(exported, tmp_path):

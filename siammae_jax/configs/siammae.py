@@ -119,6 +119,11 @@ def get_config(arg: str = "vits16") -> ml_collections.ConfigDict:
     c.train.log_every = 50
     c.train.image_every = 1000
     c.train.max_bad_steps = 10  # non-finite steps in a row before stopping
+    # The host reads the device (the non-finite guard, the SIGTERM/Ctrl-C
+    # check) every N steps and at every step that logs, evaluates or
+    # checkpoints; between them it runs ahead. A stop saves at most N steps
+    # after the signal; divergence is seen at most N steps late.
+    c.train.check_every = 10
     c.train.profile_steps = 0
     # One live progress line (step, loss, pairs/s, J&F, ETA) instead of console
     # lines of every scalar (TensorBoard and metrics.jsonl keep them all).

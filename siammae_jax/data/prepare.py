@@ -46,6 +46,7 @@ from etils import epath
 from tqdm import tqdm
 
 from siammae_jax.data import sources
+from siammae_jax.data import spec as data_spec
 from siammae_jax.data.encode import encode_video
 from siammae_jax.data.video import RECORD_FORMAT, BadVideoError, encode_record
 
@@ -185,7 +186,9 @@ def _inputs(
 ) -> tuple[str, list, list[dict[str, str]]]:
     """The input kind, the sorted ``(path, name)`` of every input video, and
     ``{"path", "reason"}`` of every other file under ``videos_dir``."""
-    source = sources.open_source(videos_dir, format)
+    source = data_spec.open(
+        data_spec.DataSpec(path=str(videos_dir), format=format or "")
+    )
     kind = {sources.VideoFolderSource: "video", sources.FrameFolderSource: "frames"}
     if type(source) not in kind:
         raise ValueError(f"{videos_dir}: expected video files or frame folders")

@@ -11,10 +11,12 @@
   ``video_folder`` builder, or any with a ``frames`` sequence of images), read
   with ``tfds.data_source`` without TensorFlow, frames left encoded.
 
+:func:`siammae_jax.data.spec.open` picks the source of a ``data.format``.
 Construction lists the files once (sorted, so indices are stable) and fails
 with ``FileNotFoundError`` for a missing path or ``ValueError`` when no video
 is found. Every file under the root is either used or listed with its reason
-in ``source.skipped``; ``source.report()`` says it in one line. ``source[i]`` returns a :class:`~siammae_jax.data.video.Video` and may
+in ``source.skipped``; ``source.report()`` says it in one line. ``source[i]``
+returns a :class:`~siammae_jax.data.video.Video` and may
 raise :class:`~siammae_jax.data.video.BadVideoError`. Sources hold only paths,
 so they pickle cheaply into grain's worker processes.
 """
@@ -47,7 +49,6 @@ from siammae_jax.data.video_file import (
     find_videos,
 )
 
-FORMATS = ("video", "frames", "array_record", "tfds")
 ARRAY_RECORD_SUFFIX = ".array_record"
 
 
@@ -382,7 +383,7 @@ def open_tfds(name: str, split: str, data_dir: str | None, encoded: dict | None 
 
 
 def infer_format(path: str | epath.Path) -> str:
-    """Which of :data:`FORMATS` the dataset at ``path`` is in.
+    """Which kind of files the dataset at ``path`` holds (its ``data.format``).
 
     ``array_record`` if it holds ``*.array_record`` shards, else ``video`` if
     it holds video files, else ``frames`` if it holds images, else ``video``
@@ -408,40 +409,3 @@ def infer_format(path: str | epath.Path) -> str:
         f"video files ({', '.join(VIDEO_EXTENSIONS)}) or frame folders "
         f"({', '.join(IMAGE_EXTENSIONS)})"
     )
-
-
-_SOURCES = {
-    "video": VideoFolderSource,
-    "frames": FrameFolderSource,
-    "array_record": ArrayRecordSource,
-}
-
-
-def open_source(
-    path: str | epath.Path,
-    format: str | None = None,
-    check: bool = False,
-    index_dir: str | None = None,
-) -> VideoFolderSource | FrameFolderSource | ArrayRecordSource:
-    """The data source for the dataset at ``path``.
-
-    Args:
-      path: a folder (or one shard file), local or ``gs://``.
-      format: one of :data:`FORMATS`; inferred from the files if None.
-      check, index_dir: see :class:`VideoFolderSource` (video files only).
-
-    Raises:
-      ValueError: an unknown ``format``, or no videos found.
-      FileNotFoundError: ``path`` does not exist.
-    """
-    if format is None:
-        format = infer_format(path)
-    if format not in _SOURCES:
-        raise ValueError(
-            f"unknown dataset format {format!r}; expected one of {', '.join(FORMATS)}"
-        )
-    if format == "video":
-        return VideoFolderSource(path, check=check, index_dir=index_dir)
-    if format == "tfds":
-        raise ValueError("format='tfds' reads a named dataset: use TfdsSource")
-    return _SOURCES[format](path)

@@ -1,4 +1,5 @@
-"""Config validation and the one place where epochs become steps."""
+"""Config validation and the one place where epochs become steps (and
+steps become the host's check cadence)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,11 @@ import ml_collections
 from absl import logging
 
 from siammae_jax.data import pairs
+from siammae_jax.data import spec as data_spec
 from siammae_jax.eval import protocols
 from siammae_jax.models import definition
 from siammae_jax.train import mesh as mesh_lib
 from siammae_jax.train import optim
-
-FORMATS = ("", "video", "frames", "array_record", "tfds", "synthetic")
 
 
 def sampler(config: ml_collections.ConfigDict) -> pairs.PairSampler:
@@ -79,8 +79,12 @@ def validate(
         ),
         (t.log_every > 0, f"train.log_every={t.log_every} must be positive"),
         (t.max_bad_steps > 0, f"train.max_bad_steps={t.max_bad_steps} must be > 0"),
+        (t.check_every > 0, f"train.check_every={t.check_every} must be > 0"),
         (config.checkpoint.every > 0, "checkpoint.every must be positive"),
-        (config.data.format in FORMATS, f"data.format must be one of {FORMATS}"),
+        (
+            config.data.format in data_spec.FORMATS,
+            f"data.format must be one of {data_spec.FORMATS}",
+        ),
         (
             config.data.format != "tfds" or bool(config.data.get("tfds_name")),
             "data.format=tfds needs data.tfds_name (e.g. video_folder)",
@@ -101,8 +105,7 @@ def _eval_checks(config: ml_collections.ConfigDict) -> list[tuple[bool, str]]:
     e = config.get("eval")
     if e is None or not e.every:
         return [] if e is None else [(e.every >= 0, "eval.every must be >= 0")]
-    d = config.data
-    synthetic_train = d.format == "synthetic" or not d.format and not d.path
+    d = data_spec.DataSpec.from_config(config.data, config.seed)
     return [
         (e.every > 0, f"eval.every={e.every} must be >= 0"),
         (
@@ -118,8 +121,8 @@ def _eval_checks(config: ml_collections.ConfigDict) -> list[tuple[bool, str]]:
         ),
         (
             e.data != "synthetic"
-            or not synthetic_train
-            or d.get("synthetic_seed", config.seed) != e.synthetic_seed,
+            or not data_spec.means_synthetic(d)
+            or d.synthetic_seed != e.synthetic_seed,
             f"eval.synthetic_seed={e.synthetic_seed} is the synthetic training "
             "set's seed (data.synthetic_seed): the held-out videos would be the "
             "training videos",
@@ -156,6 +159,40 @@ def schedule(config: ml_collections.ConfigDict, num_videos: int) -> Schedule:
         )
     peak = optim.scaled_lr(o.base_lr, config.batch_size, o.lr_reference_batch)
     return Schedule(total, warmup, steps_per_epoch, peak)
+
+
+@dataclasses.dataclass(frozen=True)
+class Cadence:
+    """The steps at which the host looks at the device.
+
+    Between them the loop only dispatches steps (no device-to-host transfer,
+    no cross-host collective), so the host runs ahead of the device. A step
+    is due when it is the last one or a multiple of any of ``periods``: the
+    non-finite guard and the stop check (``train.check_every``), and every
+    step that logs, measures, draws, evaluates or may checkpoint, so that a
+    checkpoint is only ever taken right after a check.
+    """
+
+    periods: tuple[int, ...]
+    total: int
+
+    def due(self, step: int) -> bool:
+        """Whether the host checks after ``step`` steps."""
+        return step == self.total or any(step % p == 0 for p in self.periods)
+
+
+def cadence(config: ml_collections.ConfigDict, total_steps: int) -> Cadence:
+    """The check cadence of ``config`` over ``total_steps`` steps."""
+    t, e = config.train, config.get("eval")
+    periods = (
+        t.check_every,
+        t.log_every,
+        t.measure_every,
+        t.image_every,
+        config.checkpoint.every,
+        e.every if e else 0,
+    )
+    return Cadence(tuple(sorted({p for p in periods if p > 0})), total_steps)
 
 
 def apply_xla_flags(extra: str) -> None:

@@ -1,0 +1,191 @@
+"""``open(spec)``: the one way a training run turns its ``data`` section into
+a video source.
+
+:data:`FORMATS` lists every ``data.format`` (the config validates against it)
+and :func:`means_synthetic` is the one rule for when the synthetic set is
+meant: ``data.format=synthetic``, or an empty format with either no
+``data.path`` or a ``data.path`` that holds a synthetic set
+(``synthetic.json``). The synthetic set is written on first use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import ml_collections
+from absl import logging
+from etils import epath
+
+from siammae_jax.data import sources, synthetic
+
+SKIPPED_VIDEOS = "skipped_videos.txt"  # in the workdir: unused files, with why
+
+Source = (
+    sources.VideoFolderSource
+    | sources.FrameFolderSource
+    | sources.ArrayRecordSource
+    | sources.TfdsSource
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+    """Which videos to train on (the ``data`` section of a training config).
+
+    Attributes:
+      format: one of :data:`FORMATS` ("": inferred, see :func:`synthetic_root`).
+      path: a folder of videos, frame folders or shards; or where the
+        synthetic set is (or is to be written).
+      tfds_name, tfds_data_dir, tfds_split: a prepared TFDS dataset
+        (``format="tfds"``).
+      index_dir: frame-index sidecar files of video files ("": none).
+      check_videos: open every video file at startup when there are at most
+        this many (0: never).
+      synthetic_videos, synthetic_frames, synthetic_size, synthetic_seed: the
+        synthetic set to write.
+    """
+
+    format: str = ""
+    path: str = ""
+    tfds_name: str = ""
+    tfds_data_dir: str = ""
+    tfds_split: str = "train"
+    index_dir: str = ""
+    check_videos: int = 0
+    synthetic_videos: int = 64
+    synthetic_frames: int = 24
+    synthetic_size: int = 96
+    synthetic_seed: int = 0
+
+    @classmethod
+    def from_config(cls, data: ml_collections.ConfigDict, seed: int) -> DataSpec:
+        """The spec of a config's ``data`` section; ``seed`` (the run's) is the
+        synthetic seed of configs saved before ``data.synthetic_seed``."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in names}
+        values.setdefault("synthetic_seed", seed)
+        return cls(**values)
+
+
+def _videos(spec: DataSpec, path: str) -> Source:
+    source = sources.VideoFolderSource(path, index_dir=spec.index_dir or None)
+    if len(source) <= spec.check_videos:
+        source.check()
+    else:
+        logging.info("not opening %d videos now (data.check_videos=%d): bad "
+                     "ones are counted in data_skipped", len(source),
+                     spec.check_videos)  # fmt: skip
+    return source
+
+
+def _tfds(spec: DataSpec, path: str) -> Source:
+    del path  # a TFDS dataset is named, not found
+    split = spec.tfds_split or "train"
+    return sources.TfdsSource(spec.tfds_name, spec.tfds_data_dir or None, split)
+
+
+_OPENERS: dict[str, Callable[[DataSpec, str], Source]] = {
+    "video": _videos,
+    "frames": lambda spec, path: sources.FrameFolderSource(path),
+    "array_record": lambda spec, path: sources.ArrayRecordSource(path),
+    "tfds": _tfds,
+}
+FORMATS = ("", *_OPENERS, "synthetic")  # "": inferred from data.path
+
+
+def means_synthetic(spec: DataSpec) -> bool:
+    """The one rule for the synthetic set: ``format="synthetic"``, or no
+    format and either no path or a path that holds a synthetic set."""
+    if spec.format:
+        return spec.format == "synthetic"
+    return not spec.path or (epath.Path(spec.path) / synthetic.MARKER).exists()
+
+
+def synthetic_root(
+    spec: DataSpec, workdir: str | epath.Path | None
+) -> epath.Path | None:
+    """Where the synthetic set ``spec`` means is (or is to be written):
+    ``data.path``, or ``workdir/synthetic`` without one; None when ``spec``
+    means other data.
+
+    Raises:
+      ValueError: the synthetic set is meant, with neither a path nor a workdir.
+    """
+    if not means_synthetic(spec):
+        return None
+    if spec.path:
+        return epath.Path(spec.path)
+    if workdir is None:
+        raise ValueError("the synthetic set needs data.path (or a run's workdir)")
+    return epath.Path(workdir) / "synthetic"
+
+
+def _write_synthetic(spec: DataSpec, root: epath.Path) -> None:
+    if (root / synthetic.MARKER).exists():
+        return
+    if root.exists() and any(root.iterdir()):
+        raise ValueError(
+            f"data.format=synthetic would write a synthetic set into {root}, "
+            "which holds other files; leave data.format empty to use them"
+        )
+    logging.info("writing the synthetic video set to %s", root)
+    synthetic.write_dataset(
+        root,
+        videos=spec.synthetic_videos,
+        frames=spec.synthetic_frames,
+        size=(spec.synthetic_size, spec.synthetic_size),
+        seed=spec.synthetic_seed,
+        progress=False,
+    )
+
+
+def open(
+    spec: DataSpec,
+    workdir: str | epath.Path | None = None,
+    *,
+    is_main: bool = True,
+    barrier: Callable[[str], None] = lambda name: None,
+) -> Source:
+    """The video source ``spec`` names; the synthetic set is written on demand.
+
+    With a ``workdir``, logs ``videos: N files, M usable, K skipped (see
+    WORKDIR/skipped_videos.txt)`` and writes that file (every file under the
+    data path not used, with why).
+
+    Args:
+      spec: the data to open.
+      workdir: a run's folder (the listing; the default synthetic set), or None.
+      is_main: this process writes the synthetic set and the listing.
+      barrier: ``barrier(name)`` waits for every process (after the synthetic
+        set is written).
+
+    Raises:
+      ValueError: an unknown format, no usable video, or a synthetic set meant
+        to go into a folder that holds other files.
+      FileNotFoundError: the data path (or TFDS dataset) does not exist.
+    """
+    if spec.format not in FORMATS:
+        raise ValueError(
+            f"unknown data.format {spec.format!r}; expected one of "
+            f"{', '.join(FORMATS[1:])} (or empty: inferred from data.path)"
+        )
+    root = synthetic_root(spec, workdir)
+    if root is None:
+        format = spec.format or sources.infer_format(spec.path)
+        source = _OPENERS[format](spec, spec.path)
+    else:
+        if is_main:
+            _write_synthetic(spec, root)
+        barrier("synthetic_data")
+        source = _OPENERS["frames"](spec, str(root / "frames"))
+    if workdir is not None:
+        _list_skipped(source, epath.Path(workdir) / SKIPPED_VIDEOS, is_main)
+    return source
+
+
+def _list_skipped(source: Source, listing: epath.Path, is_main: bool) -> None:
+    if is_main:
+        lines = [f"{path}\t{reason}\n" for path, reason in source.skipped]
+        listing.write_text(f"# {source.report()}: path<TAB>reason\n" + "".join(lines))
+    logging.info("%s (see %s)", source.report(), listing)
