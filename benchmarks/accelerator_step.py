@@ -23,7 +23,7 @@ The single-configuration mode::
         [--batches 64,128] [--dtypes bfloat16,float32] [--steps 20]
         [--numerics_steps 100] [--out results.json]
 
-Builds the train step exactly as ``siammae_jax.train.loop.setup`` does (model
+Builds the train step exactly as ``siammae_jax.train.setup.setup`` does (model
 from ``configs/siammae.py``, sharding rules, AdamW + schedule, AOT compile with
 donation) without the data pipeline or the metric writers, so it runs where
 only jax/flax/optax are installed. Frames are resident uint8 batches (data

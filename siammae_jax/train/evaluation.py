@@ -94,10 +94,6 @@ class Result:
     images: dict[str, np.ndarray]
     best: float | None
 
-    @property
-    def jf(self) -> float | None:  # TEMPORARY: the loop reads .best next
-        return self.best
-
 
 class _Encoder:
     """The sharded ``params -> (frames -> features)`` of one protocol section."""
@@ -467,6 +463,3 @@ def _agree(flag: bool) -> bool:
     from jax.experimental import multihost_utils
 
     return bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))
-
-
-OnlineDavis = Online  # TEMPORARY: renamed in train/loop.py and setup.py next
