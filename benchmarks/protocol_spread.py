@@ -5,7 +5,7 @@ named protocol (``siammae_jax.eval.protocols``) and prints one row per
 (weights, protocol) plus the spread (max - min) per metric:
 
     python benchmarks/protocol_spread.py --out build/protocol_spread \
-        [--checkpoint WORKDIR] [--videos 3 --frames 12]
+        [--checkpoint WORKDIR [--skip_random]] [--videos 3 --frames 12]
 
 Weights: a seed-0 random-init timm ViT-S/16 (``torch.manual_seed(0)``, timm's
 ``vit_small_patch16_224``, saved and read back with ``siammae_jax.load``;
@@ -36,7 +36,9 @@ def _timm_vits16(out: Path):
         import torch
         from safetensors.torch import save_file
     except ImportError:
-        return encoder.random_encoder("vits16", seed=0), "ours ViT-S/16 seed 0 (no torch)"
+        return encoder.random_encoder(
+            "vits16", seed=0
+        ), "ours ViT-S/16 seed 0 (no torch)"
     torch.manual_seed(0)
     model = timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=0)
     path = out / "timm_vits16_seed0.safetensors"
@@ -51,6 +53,9 @@ def main() -> None:
     parser.add_argument("--videos", type=int, default=3)
     parser.add_argument("--frames", type=int, default=12)
     parser.add_argument("--protocols", default=",".join(protocols.names()))
+    parser.add_argument(
+        "--skip_random", action="store_true", help="score --checkpoint only"
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     data = args.out / "data"
@@ -58,7 +63,7 @@ def main() -> None:
         synthetic.write_dataset(
             data, videos=args.videos, frames=args.frames, size=(480, 854)
         )
-    weights = [_timm_vits16(args.out)]
+    weights = [] if args.skip_random else [_timm_vits16(args.out)]
     if args.checkpoint:
         weights.append((args.checkpoint, f"trained checkpoint {args.checkpoint}"))
     rows_path = args.out / "rows.jsonl"
@@ -89,9 +94,7 @@ def main() -> None:
         lines.append(f"| {r['weights']} | {r['protocol']} | {size} | {values} |")
     for name in dict.fromkeys(r["weights"] for r in rows):
         mine = [r for r in rows if r["weights"] == name]
-        spread = " | ".join(
-            f"{np.ptp([r[k] for r in mine]):.3f}" for k in METRICS
-        )
+        spread = " | ".join(f"{np.ptp([r[k] for r in mine]):.3f}" for k in METRICS)
         lines.append(f"| {name} | **spread (max - min)** | | {spread} |")
     (args.out / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

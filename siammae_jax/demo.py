@@ -111,6 +111,7 @@ def measures(
     grid = pictures.reconstruction_grid(
         np.asarray(x[:, 0]), np.asarray(x[:, 1]), pred.mask, pred.pred, pred.target,
         patch=model_def.patch, norm_pix=config.model.norm_pix_loss,
+        ddof=config.model.norm_pix_ddof,
     )  # fmt: skip
     (workdir / "pictures").mkdir(exist_ok=True)
     pictures.save(workdir / "pictures" / "reconstruction.png", grid)

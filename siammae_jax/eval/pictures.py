@@ -100,6 +100,7 @@ def reconstruction_grid(
     max_pairs: int = 4,
     *,
     separator: int = 0,
+    ddof: int = 1,
 ) -> np.ndarray:
     """A picture of SiamMAE's reconstructions, one row per pair.
 
@@ -119,6 +120,8 @@ def reconstruction_grid(
       norm_pix: whether ``pred`` is in per-patch normalised units.
       max_pairs: at most this many (first) pairs are drawn.
       separator: width of white lines between cells (0: none).
+      ddof: the norm-pix variance's delta degrees of freedom (the model's
+        ``norm_pix_ddof``: 1, MAE's unbiased variance, or 0).
 
     Returns:
       uint8 [rows*H + (rows-1)*separator, 4*W + 3*separator, 3], rows =
@@ -134,7 +137,7 @@ def reconstruction_grid(
     truth = vit.patchify(f2, patch)
     if norm_pix:
         mean = truth.mean(-1, keepdims=True)
-        std = np.sqrt(truth.var(-1, keepdims=True) + NORM_PIX_EPS)
+        std = np.sqrt(truth.var(-1, ddof=ddof, keepdims=True) + NORM_PIX_EPS)
         pred = pred * std + mean
     masked = np.broadcast_to(mask[..., None] > 0.5, truth.shape)
     recon = vit.unpatchify(np.where(masked, pred, truth), patch, grid)

@@ -42,6 +42,7 @@ def pair_flops(
     decoder_depth: int = 8,
     decoder_heads: int = 16,
     decoder_mlp_ratio: float = 4.0,
+    visible_rule: str = "int",
     **unused,
 ) -> dict[str, float]:
     """Forward FLOPs for one frame pair, by part.
@@ -57,7 +58,7 @@ def pair_flops(
     size, patch = vit.parse_variant(encoder)
     hw = (image_size, image_size) if isinstance(image_size, int) else image_size
     n = (hw[0] // patch) * (hw[1] // patch)
-    k = siammae.num_visible(n, mask_ratio)
+    k = siammae.num_visible(n, mask_ratio, visible_rule)
     e1 = encoder_flops(encoder, 1 + n, n)
     e2 = encoder_flops(encoder, 1 + k, k)
     dd, hh = decoder_dim, int(decoder_dim * decoder_mlp_ratio)
