@@ -101,8 +101,10 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
 
 
 def replicated(mesh: jax.sharding.Mesh, tree):
-    """``tree`` placed once on every device (not copied again each step)."""
-    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+    """``tree`` (the same values in every process) placed once on every
+    device of ``mesh``, so the step does not copy it there each time."""
+    everywhere = NamedSharding(mesh, PartitionSpec())
+    return jax.jit(lambda t: t, out_shardings=everywhere)(tree)
 
 
 def _evaluating(config: ml_collections.ConfigDict) -> bool:
