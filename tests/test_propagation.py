@@ -35,7 +35,7 @@ def _in_neighbourhood(ty, tx, sy, sx, config) -> bool:
 
 
 def _loop_propagation(feats, first, config):
-    """SIAMMAE.md "Evaluation" one target position at a time, in plain Python.
+    """Label propagation one target position at a time, in plain Python.
 
     Context frames come from the padded video (videowalk) or the predicted
     frames in the window (dino); distances are math.hypot per pair; the top-k
@@ -284,9 +284,11 @@ def test_paper_defaults_and_input_checks():
         P.propagate(feats, labels[:1], P.PropagationConfig(topk=2))
 
 
-# Every field of each benchmark section of ``eval/config.py`` (SIAMMAE.md,
-# "Evaluation": Table 4b plus our assumed temperature, queue mode and sizes).
-# The siammae protocol's input, normalisation and label transfer (SIAMMAE.md).
+# Every field of each benchmark section of ``eval/config.py`` (the siammae
+# protocol, docs/protocols.md: Table 4b plus our assumed temperature, queue mode
+# and sizes).
+# The siammae protocol's input, normalisation and label transfer
+# (docs/protocols.md).
 _INPUT = dict(
     frame_resize="pil_bilinear",
     mean=(0.485, 0.456, 0.406),
@@ -398,7 +400,7 @@ def _tie_video() -> tuple[np.ndarray, np.ndarray]:
     [(P.propagate, False), (P.propagate, True), (P.propagate_reference, False)],
 )
 def test_ties_go_to_the_lowest_index_in_float32(fn, x64):
-    """Affinities are float32 (SIAMMAE.md), even for float64 features and with
+    """Affinities are float32 (propagation.py), even for float64 features and with
     jax_enable_x64; exact ties keep the lowest source index, like lax.top_k."""
     feats, labels = _tie_video()
     with jax.enable_x64(x64):
@@ -422,7 +424,7 @@ def _dot_generals(jaxpr):
 
 def test_affinities_request_highest_precision():
     """The feature contraction asks for float32 (bf16/TF32 are the GPU/TPU
-    default and flip near-equal neighbours, SIAMMAE.md); CPU ignores the
+    default and flip near-equal neighbours); CPU ignores the
     setting, so the traced step is inspected."""
     config = P.PropagationConfig(topk=2, queue=1, chunk=2)
     h, w, d, c = 1, 3, 5, 2  # d = 5: the only contraction over 5 is the affinity.

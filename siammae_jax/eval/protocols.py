@@ -6,8 +6,9 @@ reach the feature grid and come back). A protocol pins all of them for one
 benchmark, each value with the source line it comes from:
 
 ``siammae``
-    The paper's Table 4b (top-k, queue, neighbourhood) with our documented
-    assumptions where it is silent (``../shared/SIAMMAE.md``): the default.
+    The paper's Table 4b (top-k, queue, neighbourhood) with our assumptions
+    where it is silent, each with its reason (``ours (assumed)`` in
+    ``docs/protocols.md``): the default.
 ``dino``
     facebookresearch/dino ``eval_video_segmentation.py`` (DAVIS only).
 ``crw``
@@ -39,7 +40,7 @@ CROPMAE = "alexandre-eymael/CropMAE@ffafcf4 "
 RSP = "huiwon-jang/RSP@53c5593 "
 CRW = "ajabri/videowalk@0834ff9 code/"
 PAPER = "SiamMAE paper Table 4b"
-OURS = "SIAMMAE.md (assumed)"
+OURS = "ours (assumed)"  # where the paper is silent
 
 
 @dataclasses.dataclass(frozen=True)
