@@ -14,12 +14,16 @@ from flax import nnx  # noqa: E402
 from siammae_jax.models import SiamMAE  # noqa: E402
 
 # The size every model test compiles: 32x32 frames, 4x4 patches of 8 px.
+# The test models keep this library's earlier visible count and variance:
+# with MAE's int rule, 16 patches at the default 95% masking keep none.
+OLD_RULES = dict(visible_rule="round", norm_pix_ddof=0)
 TINY = dict(
     encoder="test/8",
     image_size=32,
     decoder_dim=32,
     decoder_depth=2,
     decoder_heads=2,
+    **OLD_RULES,
 )
 
 
@@ -48,6 +52,7 @@ TEST_MODEL = {
     "decoder_dim": 32,
     "decoder_depth": 2,
     "decoder_heads": 2,
+    **OLD_RULES,
 }
 
 
