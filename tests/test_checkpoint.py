@@ -246,8 +246,9 @@ def test_best_step_is_the_highest_jf_of_several_ranked_steps(tmp_path, monkeypat
     monkeypatch.setattr(
         loop.logging, "info", lambda fmt, *args: logged.append(fmt % args)
     )
-    loop._log_best(SimpleNamespace(ckpt=ckpt))
-    assert logged == [f"best online J&F 0.4700 at step 4: {tmp_path / '4'}"]
+    eval_config = ml_collections.ConfigDict({"eval": {"best_metric": "vip/mIoU"}})
+    loop._log_best(SimpleNamespace(ckpt=ckpt, config=eval_config))
+    assert logged == [f"best online vip/mIoU 0.4700 at step 4: {tmp_path / '4'}"]
     ckpt.close()
 
 

@@ -213,7 +213,7 @@ def test_straight_run_logs_and_checkpoints(straight):
     kept = sorted(int(p.name) for p in (straight / "checkpoints").iterdir())
     assert kept == sorted({best, 8, 12, 16})  # keep=3 latest, plus the best
     assert (
-        f"best online J&F {jf[best]:.4f} at step {best}"
+        f"best online davis/J&F {jf[best]:.4f} at step {best}"
         in (straight / "train.stderr").read_text()
     )
 

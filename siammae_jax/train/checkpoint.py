@@ -31,7 +31,9 @@ from siammae_jax.weights.layout import (
 _policies = ocp.checkpoint_managers
 
 
-BEST_METRIC = "J&F"  # ranks checkpoints when keep_best is on
+# The key under which the value of eval.best_metric ranks checkpoints when
+# keep_best is on ("J&F" from before eval.best_metric; kept so older runs rank alike).
+BEST_METRIC = "J&F"
 
 
 def _best_metric(metrics: dict[str, float]) -> float:
@@ -62,7 +64,7 @@ class Checkpointer:
       keep: number of latest checkpoints kept.
       keep_every: also keep every N-th step for good (0: none).
       async_save: write in the background while training goes on.
-      keep_best: also keep the checkpoint with the highest ``metrics["J&F"]``
+      keep_best: also keep the checkpoint with the highest ``metrics[BEST_METRIC]``
         (orbax's ``BestN`` policy; steps saved without metrics are kept only
         as latest or every-N-th ones).
     """
@@ -134,7 +136,7 @@ class Checkpointer:
         return self.manager.save(step, args=args, force=force, metrics=metrics)
 
     def best_step(self) -> int | None:
-        """The kept step with the highest J&F (None: none was ranked)."""
+        """The kept step with the highest ranked value (None: none was ranked)."""
         return self.manager.best_step() if self.keep_best else None
 
     def restore(

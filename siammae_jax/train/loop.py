@@ -157,10 +157,12 @@ def _evaluate(
 def _log_best(run: Run) -> None:
     best = run.ckpt.best_step()
     if best is not None:
-        jf = run.ckpt.manager.metrics(best)[checkpoint.BEST_METRIC]
+        value = run.ckpt.manager.metrics(best)[checkpoint.BEST_METRIC]
+        name = run.config.eval.get("best_metric", "davis/J&F")
         logging.info(
-            "best online J&F %.4f at step %d: %s",
-            jf,
+            "best online %s %.4f at step %d: %s",
+            name,
+            value,
             best,
             run.ckpt.directory / str(best),
         )
