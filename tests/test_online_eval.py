@@ -241,7 +241,16 @@ def test_every_benchmark_online_equals_the_cli(online, heldout, tmp_path):
 
 
 def test_unknown_tasks_are_refused():
+    from siammae_jax.train import config as train_config
+
+    c = siammae_config.get_config("tiny")
+    c.eval.update(every=5, tasks="davis,jhmdb", best_metric="vip/mIoU")
+    with pytest.raises(ValueError, match="eval.best_metric='vip/mIoU' must be one"):
+        train_config.validate(c, 1, 1)
+    c.eval.tasks = "davis,pose"
     with pytest.raises(ValueError, match="eval.tasks='davis,pose'"):
-        evaluation.parse_tasks("davis,pose")
-    assert evaluation.parse_tasks(" vip, davis,vip") == ["vip", "davis"]
-    assert "jhmdb/PCK@0.1" in evaluation.metric_names(["davis", "jhmdb"])
+        train_config.validate(c, 1, 1)
+    with pytest.raises(ValueError, match="eval.tasks='davis,pose'"):
+        tasks.parse("davis,pose")
+    assert tasks.parse(" vip, davis,vip") == ["vip", "davis"]
+    assert "jhmdb/PCK@0.1" in tasks.metric_names(["davis", "jhmdb"])

@@ -293,3 +293,20 @@ run_davis = functools.partial(run, "davis")
 run_jhmdb = functools.partial(run, "jhmdb")
 run_vip = functools.partial(run, "vip")
 RUNNERS = {"davis": run_davis, "jhmdb": run_jhmdb, "vip": run_vip}
+
+
+def parse(text: str) -> list[str]:
+    """``"davis,jhmdb"`` -> ``["davis", "jhmdb"]``; unknown names raise."""
+    names = [t.strip() for t in str(text).split(",") if t.strip()]
+    unknown = [t for t in names if t not in BENCHMARKS]
+    if not names or unknown:
+        raise ValueError(
+            f"eval.tasks={text!r}: give a comma-separated subset of "
+            f"{sorted(BENCHMARKS)}"
+        )
+    return list(dict.fromkeys(names))
+
+
+def metric_names(task_names: list[str]) -> list[str]:
+    """Every ``<task>/<metric>`` the tasks log (what eval.best_metric names)."""
+    return [f"{t}/{m}" for t in task_names for m in BENCHMARKS[t].metrics]

@@ -12,6 +12,7 @@ from absl import logging
 from siammae_jax.data import pairs
 from siammae_jax.data import spec as data_spec
 from siammae_jax.eval import protocols
+from siammae_jax.eval import tasks as eval_tasks
 from siammae_jax.models import definition
 from siammae_jax.train import mesh as mesh_lib
 from siammae_jax.train import optim
@@ -115,6 +116,7 @@ def _eval_checks(config: ml_collections.ConfigDict) -> list[tuple[bool, str]]:
         (e.max_videos >= 1, f"eval.max_videos={e.max_videos} must be >= 1"),
         (e.max_seconds > 0, f"eval.max_seconds={e.max_seconds} must be > 0"),
         (e.batch_size >= 1, f"eval.batch_size={e.batch_size} must be >= 1"),
+        *_task_checks(e),
         (
             e.get("protocol", "siammae") in protocols.names(),
             f"eval.protocol={e.get('protocol')!r} must be one of {protocols.names()}",
@@ -128,6 +130,16 @@ def _eval_checks(config: ml_collections.ConfigDict) -> list[tuple[bool, str]]:
             "training videos",
         ),
     ]
+
+
+def _task_checks(e: ml_collections.ConfigDict) -> list[tuple[bool, str]]:
+    """eval.tasks names benchmarks; eval.best_metric one of their metrics."""
+    try:
+        names = eval_tasks.parse(e.get("tasks", "davis"))
+    except ValueError as error:
+        return [(False, str(error))]
+    best, known = e.get("best_metric", "davis/J&F"), eval_tasks.metric_names(names)
+    return [(best in known, f"eval.best_metric={best!r} must be one of {known}")]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -68,23 +68,6 @@ RANDOM_INIT = "_random_init"  # suffix of the random-init twin's scalars
 TWIN_DIR = "random_init"  # the random-init twin's outputs, under eval/<task>
 
 
-def parse_tasks(text: str) -> list[str]:
-    """``"davis,jhmdb"`` -> ``["davis", "jhmdb"]``; unknown names raise."""
-    names = [t.strip() for t in str(text).split(",") if t.strip()]
-    unknown = [t for t in names if t not in tasks.BENCHMARKS]
-    if not names or unknown:
-        raise ValueError(
-            f"eval.tasks={text!r}: give a comma-separated subset of "
-            f"{sorted(tasks.BENCHMARKS)}"
-        )
-    return list(dict.fromkeys(names))
-
-
-def metric_names(task_names: list[str]) -> list[str]:
-    """Every ``<task>/<metric>`` the tasks log (what eval.best_metric names)."""
-    return [f"{t}/{m}" for t in task_names for m in tasks.BENCHMARKS[t].metrics]
-
-
 @dataclasses.dataclass
 class Result:
     """One evaluation: scalars for the logger, overlay pictures, and the value
@@ -329,7 +312,7 @@ class Online:
             if local and self.is_main
             else epath.Path(tempfile.mkdtemp(prefix="siammae_eval_"))
         )
-        names = parse_tasks(config.eval.get("tasks", "davis"))
+        names = tasks.parse(config.eval.get("tasks", "davis"))
         self.best_metric = "eval/" + config.eval.get("best_metric", "davis/J&F")
         self.vit = weight_params.build_encoder(
             config.model.encoder, config.model.image_size
