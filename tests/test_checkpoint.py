@@ -12,7 +12,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from siammae_jax.train import checkpoint
-from siammae_jax.train.state import TrainState
+from siammae_jax.train.state import Counters, TrainState
 
 
 def test_relative_directory_save_and_restore(tmp_path, monkeypatch):
@@ -40,6 +40,23 @@ def test_relative_directory_save_and_restore(tmp_path, monkeypatch):
     assert int(restored["step"]) == 3
     assert next(fresh) == 2
     assert ckpt.saved_config(3)["model"]["encoder"] == "test/8"
+    ckpt.close()
+
+
+def test_counters_are_saved_with_a_step_and_absent_ones_are_zero(tmp_path):
+    """A step saved with counters gives them back; a step saved without them
+    (a checkpoint from before they existed) gives zeros."""
+    ckpt = checkpoint.Checkpointer(tmp_path, every=1, async_save=False)
+    state = {"w": jnp.ones(3)}
+    config = ml_collections.ConfigDict({"model": {}})
+
+    def data():
+        return iter(grain.MapDataset.range(4).to_iter_dataset())
+
+    assert ckpt.save(1, state, data(), config)  # no counters
+    assert ckpt.save(2, state, data(), config, counters=Counters(5, 2))
+    assert ckpt.saved_counters(1) == Counters()
+    assert ckpt.saved_counters(2) == Counters(data_skipped=5, bad_steps=2)
     ckpt.close()
 
 

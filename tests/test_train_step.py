@@ -208,6 +208,8 @@ def _cfg(**overrides):
         ({"data.min_gap": 0}, "min_gap"),
         ({"model.dtype": "float16"}, "model.dtype"),
         ({"eval.every": -1}, "eval.every"),
+        ({"train.check_every": 0}, "train.check_every"),
+        ({"data.format": "tfrecord"}, "data.format"),
         ({"eval.every": 5, "eval.data": ""}, "eval.data"),
         ({"eval.every": 5, "eval.max_videos": 0}, "eval.max_videos"),
         ({"eval.every": 5, "eval.max_seconds": 0.0}, "eval.max_seconds"),
