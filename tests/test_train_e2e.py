@@ -446,7 +446,10 @@ def test_evaluate_a_training_checkpoint(tmp_path, data_dir, straight):
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["encoder"].endswith("(test/8)")
+    assert (summary["weights"]["kind"], summary["weights"]["variant"]) == (
+        "checkpoint",
+        "test/8",
+    )
     assert summary["scores"]["J&F-Mean"] == pytest.approx(jf[best], abs=1e-6)
     assert "J&F-Mean" in proc.stdout
     header = (out / "global_results-val.csv").read_text().splitlines()[0]
@@ -542,7 +545,7 @@ def test_pre_training_continues_from_a_whole_model_export(tmp_path, data_dir, st
     assert f"warm start from {shared}: the whole model" in proc.stderr
     first = _losses(workdir)[1]
     assert first < _losses(straight)[1] - 1e-3  # starts where the export left off
-    assert f"online eval: no sequences to evaluate: DAVIS set file {missing}" in (
+    assert f"online eval: no davis videos: DAVIS set file {missing}" in (
         proc.stderr
     )
     rows = _rows(workdir)
