@@ -545,9 +545,7 @@ def test_pre_training_continues_from_a_whole_model_export(tmp_path, data_dir, st
     assert f"warm start from {shared}: the whole model" in proc.stderr
     first = _losses(workdir)[1]
     assert first < _losses(straight)[1] - 1e-3  # starts where the export left off
-    assert f"online eval: no davis videos: DAVIS set file {missing}" in (
-        proc.stderr
-    )
+    assert f"online eval: no davis videos: DAVIS set file {missing}" in (proc.stderr)
     rows = _rows(workdir)
     assert [r["eval/davis/failures"] for r in rows] == [1, 2, 3]  # steps 0, 1, 2
     assert not any(JF in r or JF + "_random_init" in r for r in rows)
