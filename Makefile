@@ -36,7 +36,7 @@ test-notebook: $(STAMP)
 # PyTorch/timm round trips; installs the torch extra (torch 2.14.1 + torchvision 0.29.1).
 test-interop: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[test,torch]'
-	$(BIN)/python -m pytest -q -m interop
+	$(BIN)/python -m pytest -q -m interop tests/test_interop_timm.py tests/test_interop_evaluate.py
 
 # Mutation testing of the modules whose bugs change published numbers or lose data
 # (MODULE=siammae_jax/datasets/davis.py for one, BUDGET=seconds per module); writes
