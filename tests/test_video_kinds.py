@@ -35,6 +35,7 @@ KINDS = (
     "mp4_h264_bframes",
     "mp4_vfr",
     "avi_mpeg4_23.976",
+    "avi_mpeg4_packed_bframes",
     "avi_cinepak_fine_timebase",
     "mpg_mpeg2_ps",
     "ts_mpeg2",
@@ -98,11 +99,13 @@ def _timestamps(path):
 def test_frame_rate_is_measured_from_the_timestamps(kinds, name):
     seconds = _timestamps(kinds[name])
     video = VideoFile(kinds[name])
-    assert video.fps == pytest.approx((len(seconds) - 1) / (seconds[-1] - seconds[0]))
+    span = max(seconds) - min(seconds)  # (packed B-frames: out of order)
+    assert video.fps == pytest.approx((len(seconds) - 1) / span)
     written = {
         "mp4_h264_bframes": 30000 / 1001,
         "mp4_vfr": (NUM_FRAMES - 1) / (video_kinds.VFR_MS[-1] / 1000),
         "avi_mpeg4_23.976": 24000 / 1001,
+        "avi_mpeg4_packed_bframes": 24000 / 1001,
         "avi_cinepak_fine_timebase": 15.0,
         "ts_mpeg2": 25.0,
         "webm_vp9": 25.0,
@@ -163,6 +166,29 @@ def test_seeks_decode_one_gop_and_count_restarts(kinds, reference, tmp_path):
     assert again.restarts == 1 and again.frames_decoded == 3
 
 
+def test_packed_bframes_are_read_as_sequential_decoding_gives(kinds, reference):
+    """DivX/XviD packing: an anchor and a B-frame in one packet, then a 7-byte
+    placeholder; decoding stamps frames 0, 1, 2, 3 with ticks 1, 3, 2, 5."""
+    path = kinds["avi_mpeg4_packed_bframes"]
+    with av.open(path) as container:
+        sizes = [p.size for p in container.demux(video=0) if p.size]
+    assert len(sizes) == NUM_FRAMES and sizes[2:10:2] == [7] * 4
+    with av.open(path) as container:
+        ticks = [f.pts for f in container.decode(video=0)]
+    assert ticks[:5] == [1, 3, 2, 5, 4]
+    video = VideoFile(path)
+    assert video.index.packed and video.num_frames == NUM_FRAMES
+    order = np.random.default_rng(0).permutation(NUM_FRAMES)
+    for i in order:
+        np.testing.assert_array_equal(
+            video.read([i])[0], reference["avi_mpeg4_packed_bframes"][i]
+        )
+        assert video.frames_decoded <= 12 + 2 and video.restarts == 0, i
+    np.testing.assert_array_equal(
+        video.read(order[:7]), reference["avi_mpeg4_packed_bframes"][order[:7]]
+    )
+
+
 def test_frame_index_is_cached_in_memory_and_in_sidecars(kinds, tmp_path, monkeypatch):
     path = kinds["mkv_h264"]
     built = VideoFile(path, index_dir=str(tmp_path)).index
@@ -217,9 +243,9 @@ def test_every_file_is_used_or_listed_with_its_reason(kinds, mixed_folder):
     assert reasons["poster.dat"].startswith("not a video: a still image")
     assert reasons["clip.bin"].startswith("not a video")
     assert reasons["empty.mp4"].startswith("cannot open")
-    assert source.report() == "videos: 13 files, 9 usable, 4 skipped"
+    assert source.report() == "videos: 14 files, 10 usable, 4 skipped"
     unchecked = sources.VideoFolderSource(mixed_folder)  # bad videos found on read
-    assert unchecked.report() == "videos: 13 files, 10 usable, 3 skipped"
+    assert unchecked.report() == "videos: 14 files, 11 usable, 3 skipped"
     assert sources.infer_format(mixed_folder / "nested") == "video"  # by probing
 
 
@@ -285,14 +311,14 @@ def test_a_data_path_is_used_as_what_it_holds(mixed_folder, tmp_path):
     workdir = tmp_path / "run"
     workdir.mkdir()
     source = open_data(config, workdir)
-    assert isinstance(source, sources.VideoFolderSource) and len(source) == 9
+    assert isinstance(source, sources.VideoFolderSource) and len(source) == 10
     listing = (workdir / data_spec.SKIPPED_VIDEOS).read_text().splitlines()
-    assert listing[0] == "# videos: 13 files, 9 usable, 4 skipped: path<TAB>reason"
+    assert listing[0] == "# videos: 14 files, 10 usable, 4 skipped: path<TAB>reason"
     assert sorted(Path(x.split("\t")[0]).name for x in listing[1:]) == [
         "clip.bin", "empty.mp4", "notes.txt", "poster.dat",
     ]  # fmt: skip
     config.data.check_videos = 5  # More videos than that: found when read.
-    assert len(open_data(config, workdir)) == 10
+    assert len(open_data(config, workdir)) == 11
     shards = tmp_path / "shards"
     prepare.prepare(mixed_folder, shards, short_side=32, progress=False)
     config.data.path = str(shards)

@@ -104,6 +104,8 @@ def write_kinds(root: Path) -> dict[str, str]:
         "mpg_mpeg2_ps": _write(root / "program.mpg", "mpeg2video", 25, format="mpeg"),
         # MPEG-2 transport stream: seeks go by decoding timestamps.
         "ts_mpeg2": _write(root / "transport.ts", "mpeg2video", 25, format="mpegts"),
+        # DivX/XviD-style packed B-frames in AVI at 24000/1001 fps.
+        "avi_mpeg4_packed_bframes": write_packed_bframes(root / "packed.avi"),
         "webm_vp9": _write(root / "clip.webm", "libvpx-vp9", 25),
         "mkv_h264": _write(
             root / "clip.mkv", "libx264", 25, options={"x264-params": "keyint=12"},
@@ -117,3 +119,83 @@ def decode_all(path: str) -> np.ndarray:
         return np.stack(
             [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
         )
+
+
+# MPEG-4 part 2 start codes: a VOP (one picture), user data.
+_VOP = b"\x00\x00\x01\xb6"
+_USER_DATA = b"\x00\x00\x01\xb2"
+# What DivX 5 writes as user data; the final "p" announces packed B-frames.
+DIVX_PACKED_TAG = b"DivX503b1393p"
+
+
+def _not_coded_vop(anchor: bytes, time_bits: int) -> bytes:
+    """A 7-byte N-VOP: ``anchor``'s timing, P type, ``vop_coded`` = 0.
+
+    After the start code a VOP header holds vop_coding_type (2 bits),
+    modulo_time_base (ones ended by a zero), a marker bit, vop_time_increment
+    (``time_bits`` bits) and a marker bit, then vop_coded; a zero and ones pad
+    it to a byte.
+    """
+    bits = "".join(f"{b:08b}" for b in anchor[4:16])
+    end = bits.index("0", 2) + 1 + 1 + time_bits + 1  # through the 2nd marker
+    header = "01" + bits[2:end] + "0"  # P type, the same time, not coded
+    header += "0" + "1" * (-(len(header) + 1) % 8)
+    return _VOP + int(header, 2).to_bytes(len(header) // 8, "big")
+
+
+def write_packed_bframes(path, rate=fractions.Fraction(24000, 1001), data=None):
+    """An AVI of MPEG-4 part 2 with B-frames packed as DivX 5 and XviD pack them.
+
+    PyAV's ``mpeg4`` encoder writes one B-frame between anchors
+    (``max_b_frames=1``), each VOP in its own packet, in decoding order
+    (I0 P2 B1 P4 B3 ...). Packing as DivX does: each anchor VOP and the B-VOP
+    after it go into one packet, followed by a 7-byte not-coded VOP
+    (:func:`_not_coded_vop`) as a placeholder, so there is still one packet
+    per frame; the user data ``DivX503b1393p`` in every keyframe tells
+    FFmpeg's decoder the stream is packed (it then decodes each packet's
+    second VOP when the placeholder comes). This is what FFmpeg's
+    ``mpeg4_unpack_bframes`` filter undoes. The AVI muxer stores one packet
+    per tick; FFmpeg stamps each decoded picture with the tick of the packet
+    it was decoded from, so decoding order gives timestamps 1, 3, 2, 5, 4, ...
+    for frames 0, 1, 2, 3, 4.
+    """
+    data = frames() if data is None else data
+    packets = []
+    with av.open(str(path), "w", format="avi") as out:
+        stream = out.add_stream("mpeg4", rate=rate)
+        stream.height, stream.width = data.shape[1:3]
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.max_b_frames = 1
+        stream.codec_context.gop_size = 12
+        stream.codec_context.bit_rate = 4_000_000
+        for image in [*data, None]:
+            frame = (
+                av.VideoFrame.from_ndarray(image, "rgb24")
+                if image is not None
+                else None
+            )
+            packets += [(bytes(p), p.pts, p.is_keyframe) for p in stream.encode(frame)]
+        time_bits = (rate.numerator - 1).bit_length()  # the VOL's resolution
+        ticks = 0
+        i = 0
+        while i < len(packets):
+            vops, pts, key = packets[i]
+            if key:  # the tag goes after the VOL header, before the VOP
+                at = vops.index(_VOP)
+                vops = vops[:at] + _USER_DATA + DIVX_PACKED_TAG + vops[at:]
+            placeholder = None
+            if i + 1 < len(packets) and packets[i + 1][1] < pts:  # a B follows
+                anchor = vops[vops.index(_VOP) :]
+                vops += packets[i + 1][0]
+                placeholder = _not_coded_vop(anchor, time_bits)
+                i += 1
+            for payload, keyframe in ((vops, key), (placeholder, False)):
+                if payload is not None:
+                    packet = av.Packet(payload)
+                    packet.stream, packet.time_base = stream, 1 / rate
+                    packet.pts = packet.dts = ticks
+                    packet.is_keyframe = keyframe
+                    out.mux(packet)
+                    ticks += 1
+            i += 1
+    return str(path)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -68,11 +69,20 @@ class FrameIndex:
     Frame ``i`` of a video is the ``i``-th frame that sequential decoding
     outputs: with one frame per packet, the packet with the ``i``-th smallest
     presentation timestamp. Packets that carry no picture (empty, or flagged
-    discard by an edit list) are not frames.
+    discard by an edit list) are not frames. MPEG-4 part 2 with B-frames
+    packed as DivX and XviD pack them (an anchor and a B-frame in one packet,
+    then a placeholder packet: :func:`_packed_bframes`) is the exception: the
+    decoder stamps the B-frame with the placeholder's timestamp, so the
+    timestamps come out of order; for those files the index holds the
+    timestamps that decoding the file once gives, in output order.
+
+    The video stream is the one FFmpeg picks as best
+    (``av_find_best_stream``), never an attached picture (cover art).
 
     Attributes:
-      pts: int64 ``[num_frames]``, presentation timestamps in ascending order
-        (stream time base); empty when ``seekable`` is False.
+      pts: int64 ``[num_frames]``, frame ``i``'s presentation timestamp
+        (stream time base), ascending but for packed B-frames; empty when
+        ``seekable`` is False.
       keyframes: int64 ascending presentation timestamps of the keyframe
         packets.
       keyframe_dts: int64 their decoding timestamps (what some demuxers, such
@@ -87,6 +97,9 @@ class FrameIndex:
         frame by frame; otherwise reads decode from the start.
       header_frames: the frame count in the container header (0: none).
       format: the container format's name (FFmpeg's).
+      stream: the index of the video stream read (among all the file's
+        streams).
+      packed: the stream holds packed B-frames (timestamps from decoding).
     """
 
     pts: np.ndarray
@@ -98,20 +111,25 @@ class FrameIndex:
     seekable: bool
     header_frames: int
     format: str
+    stream: int
+    packed: bool
 
     @classmethod
     def build(cls, path: str, container: av.container.InputContainer) -> FrameIndex:
-        """Demuxes every packet of the first video stream once.
+        """Demuxes every packet of the best video stream once.
+
+        Packed B-frames (MPEG-4 part 2) are decoded once as well, for the
+        timestamps the decoder gives.
 
         Raises:
           BadVideoError: no video stream, no frames, fewer frames than an exact
             header count (a truncated file), or no frame rate.
         """
-        if not container.streams.video:
-            raise BadVideoError(path, "no video stream")
-        stream = container.streams.video[0]
+        stream = best_stream(path, container)
         pts: list[int | None] = []
         keyframes = []
+        packed = False
+        mpeg4 = stream.codec_context.name == "mpeg4"
         for packet in container.demux(stream):
             if not packet.size or packet.is_discard:
                 continue  # The end-of-stream packet, or no picture.
@@ -119,6 +137,9 @@ class FrameIndex:
             if packet.is_keyframe and packet.pts is not None:
                 dts = packet.pts if packet.dts is None else packet.dts
                 keyframes.append((packet.pts, dts))
+            packed = packed or (mpeg4 and _packed_bframes(bytes(packet)))
+        if packed:
+            pts = _decoded_timestamps(container, stream)
         if not pts:
             raise BadVideoError(path, "no frames")
         name = container.format.name
@@ -133,6 +154,7 @@ class FrameIndex:
         known = [p for p in pts if p is not None]
         seekable = len(known) == len(pts) and len(set(known)) == len(known)
         ordered = np.sort(np.asarray(known if seekable else [], np.int64))
+        in_frame_order = np.asarray(known, np.int64) if packed else ordered
         time_base = Fraction(stream.time_base)
         fps = 0.0
         if seekable and len(ordered) > 1 and ordered[-1] > ordered[0]:
@@ -147,7 +169,7 @@ class FrameIndex:
             _check_duration(path, container, stream, ordered, time_base, fps)
         keyframes = sorted(set(keyframes))
         return cls(
-            pts=ordered,
+            pts=in_frame_order if seekable else ordered,
             keyframes=np.asarray([k for k, _ in keyframes], np.int64),
             keyframe_dts=np.asarray([d for _, d in keyframes], np.int64),
             time_base=f"{time_base.numerator}/{time_base.denominator}",
@@ -156,6 +178,8 @@ class FrameIndex:
             seekable=seekable,
             header_frames=header,
             format=name,
+            stream=stream.index,
+            packed=packed,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -177,9 +201,61 @@ class FrameIndex:
             fields[name] = np.asarray(fields[name], np.int64)
         return cls(**fields)
 
+    @functools.cached_property
+    def keyframe_frames(self) -> np.ndarray:
+        """int64: the frame number of each keyframe (-1: not a frame)."""
+        position = {int(p): i for i, p in enumerate(self.pts)}
+        return np.asarray([position.get(int(k), -1) for k in self.keyframes])
+
     def keyframe_before(self, index: int) -> int:
         """Which keyframe is the last at or before frame ``index`` (-1: none)."""
-        return int(np.searchsorted(self.keyframes, self.pts[index], side="right")) - 1
+        if not self.packed:
+            at = np.searchsorted(self.keyframes, self.pts[index], side="right")
+            return int(at) - 1
+        # Packed B-frames: timestamps are out of frame order.
+        return int(np.searchsorted(self.keyframe_frames, index, side="right")) - 1
+
+
+def best_stream(path: str, container: av.container.InputContainer) -> av.VideoStream:
+    """The video stream FFmpeg picks as best, never an attached picture.
+
+    Raises:
+      BadVideoError: the file has no video stream (cover art does not count).
+    """
+    videos = [
+        s
+        for s in container.streams.video
+        if not s.disposition & av.stream.Disposition.attached_pic
+    ]
+    if not videos:
+        pictures = " (only an attached picture)" if container.streams.video else ""
+        raise BadVideoError(path, f"no video stream{pictures}")
+    best = container.streams.best("video")
+    return best if best in videos else videos[0]
+
+
+# MPEG-4 part 2 start code of a VOP (one picture).
+_VOP_START = b"\x00\x00\x01\xb6"
+
+
+def _packed_bframes(data: bytes) -> bool:
+    """A packet of packed B-frames: a VOP followed by an I- or B-VOP.
+
+    DivX 5 and XviD put an anchor VOP and the B-VOP shown before it into one
+    packet, then a small not-coded VOP as a placeholder. FFmpeg's decoder
+    decodes such a second VOP (type I or B: the type's low bit, ``0x40`` of
+    the byte after the start code, is clear) when the next packet comes,
+    with that packet's timestamp.
+    """
+    first = data.find(_VOP_START)
+    second = data.find(_VOP_START, first + 5) if first >= 0 else -1
+    return second >= 0 and second + 4 < len(data) and not data[second + 4] & 0x40
+
+
+def _decoded_timestamps(container, stream) -> list[int | None]:
+    """Every frame's timestamp as decoding from the start gives it."""
+    container.seek(0, backward=True, any_frame=False, stream=stream)
+    return [frame.pts for frame in container.decode(stream)]
 
 
 def _check_duration(path, container, stream, pts, time_base, fps) -> None:
@@ -209,7 +285,7 @@ def _check_duration(path, container, stream, pts, time_base, fps) -> None:
 
 # Frames must cover this share of the declared duration (see _check_duration).
 _MIN_COVERED = 0.8
-FRAME_INDEX_VERSION = 1
+FRAME_INDEX_VERSION = 2
 # Frame indexes kept in memory per process: {(path, size, mtime): FrameIndex}.
 # An index is ~16 bytes per frame (a 10-s clip: ~5 kB).
 _INDEX_CACHE: collections.OrderedDict = collections.OrderedDict()
@@ -357,7 +433,7 @@ class VideoFile(Video):
         limit = len(self._index.keyframes)  # Keyframes at or past it land late.
         by_dts = self._key in _SEEK_BY_DTS
         with self._open() as container:
-            stream = container.streams.video[0]
+            stream = container.streams[self._index.stream]
             key = self._index.keyframe_before(pending[0])
             while pending and key >= 0:
                 result = self._decode_after_seek(
@@ -407,10 +483,13 @@ class VideoFile(Video):
                 if not started:
                     if not packet.is_keyframe:
                         continue  # Frames before a keyframe cannot be decoded.
-                    if packet.pts > index.pts[pending[0]]:
-                        return "late"
+                    number = self._position.get(packet.pts)
                     if packet.pts not in self._keyframe_set:
+                        if packet.pts > index.pts[pending[0]]:
+                            return "late"
                         return "lost"  # Timestamps differ after this seek.
+                    if number > pending[0]:
+                        return "late"
                     started = True
                 elif packet.is_keyframe:
                     need = index.keyframe_before(pending[0])
@@ -440,7 +519,7 @@ class VideoFile(Video):
           BadVideoError: a pending frame is not decoded.
         """
         with self._open() as container:
-            stream = container.streams.video[0]
+            stream = container.streams[self._index.stream]
             for rank, frame in enumerate(container.decode(stream)):
                 self.frames_decoded += 1
                 index = self._frame_number(frame, rank)
@@ -470,7 +549,7 @@ class VideoFile(Video):
         count = 0
         try:
             with self._open() as container:
-                stream = container.streams.video[0]
+                stream = container.streams[self._index.stream]
                 stream.thread_type = "AUTO"
                 for frame in container.decode(stream):
                     count += 1
