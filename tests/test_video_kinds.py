@@ -23,7 +23,7 @@ from absl import flags
 from PIL import Image
 from video_kinds import NUM_FRAMES, frame_number
 
-from siammae_jax.data import pairs, pipeline, prepare, sources
+from siammae_jax.data import encode, pairs, pipeline, prepare, sources
 from siammae_jax.data import video as video_lib_base
 from siammae_jax.data import video_file as video_lib
 from siammae_jax.data.video import BadVideoError, PackedVideo
@@ -187,6 +187,47 @@ def test_packed_bframes_are_read_as_sequential_decoding_gives(kinds, reference):
     np.testing.assert_array_equal(
         video.read(order[:7]), reference["avi_mpeg4_packed_bframes"][order[:7]]
     )
+
+
+@pytest.fixture(scope="module")
+def with_still(tmp_path_factory):
+    """Two files whose first video stream is not the video: a 1-frame still
+    first (as an AVIF sequence's alpha plane), and MP4 cover art."""
+    root = tmp_path_factory.mktemp("streams")
+    return {
+        "still_first.mkv": video_kinds.write_with_still(root / "still_first.mkv"),
+        "cover.mp4": video_kinds.write_with_still(
+            root / "cover.mp4", format="mp4", attached=True
+        ),
+    }
+
+
+def _decode_stream(path, index):
+    with av.open(path) as container:
+        frames = container.decode(container.streams[index])
+        return np.stack([f.to_ndarray(format="rgb24") for f in frames])
+
+
+def test_the_best_video_stream_is_read_never_a_still_or_cover_art(with_still):
+    still_first, cover = with_still["still_first.mkv"], with_still["cover.mp4"]
+    with av.open(still_first) as container:
+        assert [s.codec_context.name for s in container.streams] == ["mjpeg", "h264"]
+    with av.open(cover) as container:
+        pictures = [s.disposition & av.stream.Disposition.attached_pic
+                    for s in container.streams]  # fmt: skip
+        assert [bool(p) for p in pictures] == [False, True]
+    for path, stream in ((still_first, 1), (cover, 0)):
+        expected = _decode_stream(path, stream)
+        assert [frame_number(f) for f in expected] == list(range(NUM_FRAMES))
+        video = VideoFile(path)
+        assert (video.index.stream, video.num_frames) == (stream, NUM_FRAMES)
+        np.testing.assert_array_equal(video.read([33, 2, 17]), expected[[33, 2, 17]])
+        np.testing.assert_array_equal(np.stack(list(video.iter_frames())), expected)
+    # prepare (and the TFDS builder: the same encode_video) and eval attention.
+    jpegs, meta = encode.encode_video(still_first, "video", None, 90)
+    assert (len(jpegs), meta["stream"]) == (NUM_FRAMES, 1)
+    frames = attention.read_frames(still_first, max_frames=5)
+    np.testing.assert_array_equal(frames, _decode_stream(still_first, 1)[:5])
 
 
 def test_frame_index_is_cached_in_memory_and_in_sidecars(kinds, tmp_path, monkeypatch):

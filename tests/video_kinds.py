@@ -199,3 +199,27 @@ def write_packed_bframes(path, rate=fractions.Fraction(24000, 1001), data=None):
                     ticks += 1
             i += 1
     return str(path)
+
+
+def write_with_still(path, format="matroska", attached=False, data=None):
+    """A file whose first video stream is a 1-frame grey still, then the video.
+
+    ``attached``: the still is cover art (disposition ``attached_pic``; the
+    MP4 muxer stores it as ``covr`` and lists it after the video).
+    """
+    data = frames() if data is None else data
+    with av.open(str(path), "w", format=format) as out:
+        still = out.add_stream("mjpeg", rate=25)
+        still.height, still.width, still.pix_fmt = 32, 32, "yuvj420p"
+        if attached:
+            still.disposition = av.stream.Disposition.attached_pic
+        video = out.add_stream("libx264", rate=25)
+        video.height, video.width = data.shape[1:3]
+        video.pix_fmt = "yuv420p"
+        grey = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 128, np.uint8), "rgb24")
+        out.mux(still.encode(grey.reformat(format="yuvj420p")))
+        out.mux(still.encode())
+        for image in data:
+            out.mux(video.encode(av.VideoFrame.from_ndarray(image, "rgb24")))
+        out.mux(video.encode())
+    return str(path)

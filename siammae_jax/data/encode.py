@@ -31,13 +31,15 @@ def _resize(frame: np.ndarray, short_side: int | None) -> Image.Image:
     return image.resize(size, Image.Resampling.LANCZOS)
 
 
-def _frames(path: str, kind: str) -> tuple[Iterator[np.ndarray], float]:
-    """Frames of one input video, decoded in order, and its frame rate."""
+def _frames(path: str, kind: str) -> tuple[Iterator[np.ndarray], dict[str, Any]]:
+    """Frames of one input video, decoded in order, and its ``fps`` (and for
+    a video file, ``stream``: the index of the video stream read)."""
     if kind == "video":
         video = VideoFile(path)
-        return video.iter_frames(), video.fps
+        return video.iter_frames(), {"fps": video.fps, "stream": video.index.stream}
     folder = FrameFolder(path)
-    return (folder.read([i])[0] for i in range(folder.num_frames)), folder.fps
+    frames = (folder.read([i])[0] for i in range(folder.num_frames))
+    return frames, {"fps": folder.fps}
 
 
 def encode_video(
@@ -53,14 +55,16 @@ def encode_video(
 
     Returns:
       The JPEG frames and ``fps``, ``height``, ``width``, ``orig_height``,
-      ``orig_width``.
+      ``orig_width`` (and for a video file ``stream``, the index of the
+      video stream read: FFmpeg's best, see
+      :func:`~siammae_jax.data.video_file.best_stream`).
 
     Raises:
       BadVideoError: the video cannot be used (also for any unexpected error:
         one odd video must not stop a long job).
     """
     try:
-        frames, fps = _frames(path, kind)
+        frames, source = _frames(path, kind)
         jpegs, orig, size = [], None, None
         for frame in frames:
             orig = orig or frame.shape[:2]
@@ -76,10 +80,11 @@ def encode_video(
     if not jpegs:
         raise BadVideoError(path, "no frames")
     meta = {
-        "fps": float(fps),
+        "fps": float(source["fps"]),
         "height": size[0],
         "width": size[1],
         "orig_height": int(orig[0]),
         "orig_width": int(orig[1]),
+        **{k: v for k, v in source.items() if k != "fps"},
     }
     return jpegs, meta

@@ -168,6 +168,7 @@ class _Encode:
             yield beam.pvalue.TaggedOutput("skipped", (name, e.reason))
             return
         beam.metrics.Metrics.counter(METRICS, "videos_written").inc()
+        del meta["stream"]  # FFmpeg's best video stream was read; not a feature
         yield name, {"frames": jpegs, "num_frames": len(jpegs), "source": name, **meta}
 
 
