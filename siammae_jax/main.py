@@ -52,9 +52,13 @@ def main(argv: list[str]) -> None:
         jax.device_count(),
         jax.devices()[0].device_kind,
     )
-    from siammae_jax.train import loop  # after distributed init
+    from siammae_jax.data.sources import NoUsableVideo  # noqa: PLC0415
+    from siammae_jax.train import loop  # noqa: PLC0415 (after distributed init)
 
-    loop.run(_CONFIG.value, _WORKDIR.value)
+    try:
+        loop.run(_CONFIG.value, _WORKDIR.value)
+    except NoUsableVideo as e:  # refused at start: one line, no traceback
+        raise SystemExit(f"error: {e}") from None
 
 
 if __name__ == "__main__":

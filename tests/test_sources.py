@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from siammae_jax.data import sources
+from siammae_jax.data import pairs, sources
 from siammae_jax.data import spec as data_spec
 from siammae_jax.data.video import BadVideoError, FrameFolder
 from siammae_jax.data.video_file import VideoFile
@@ -273,3 +273,55 @@ def test_sources_pickle_and_repr(videos, tmp_path):
         assert str(len(source)) in repr(source) and source._root in repr(source)
         np.testing.assert_array_equal(clone[0].read([1]), source[0].read([1]))
     assert len(sources.VideoFolderSource(video_dir)) == len(videos)
+
+
+def test_videos_too_short_for_the_gap_are_skipped_at_start(tmp_path):
+    """The start-up check applies the run's length rule (the minimum gap)."""
+    from siammae_jax.configs import siammae as siammae_config
+    from siammae_jax.train import config as config_lib
+    from siammae_jax.train import setup
+
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    write_video(folder / "long.mp4", make_frames(12))
+    write_video(folder / "one_frame.mp4", make_frames(1))
+    write_video(folder / "three.mp4", make_frames(3), fps=30)
+    config = siammae_config.get_config("tiny")
+    config.data.min_gap = 4  # frames at 30 fps: three.mp4 has no pair 4 apart
+    rule = setup.length_rule(config_lib.sampler(config))
+    spec = data_spec.DataSpec(path=str(folder), format="video", check_videos=10)
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    source = data_spec.open(spec, workdir, length_rule=rule)
+    assert [p.rsplit("/", 1)[1] for p in source.paths] == ["long.mp4"]
+    listing = (workdir / data_spec.SKIPPED_VIDEOS).read_text().splitlines()
+    assert listing[0] == "# videos: 3 files, 1 usable, 2 skipped: path<TAB>reason"
+    reasons = dict(line.split("\t") for line in listing[1:])
+    assert reasons[str(folder / "one_frame.mp4")] == (
+        "too short: 1 frames at 25 fps, the minimum gap is 3 frames"
+    )
+    assert reasons[str(folder / "three.mp4")].startswith("too short: 3 frames")
+    # Without the rule (or beyond data.check_videos) they are found when drawn.
+    assert len(data_spec.open(spec, workdir)) == 3
+
+
+def test_a_folder_of_unusable_videos_is_refused_at_start_in_one_line(tmp_path):
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    write_video(folder / "one_frame.mp4", make_frames(1))
+    (folder / "notes.txt").write_text("camera 2")
+    spec = data_spec.DataSpec(path=str(folder), format="video", check_videos=10)
+    rule = pairs.PairSampler().gap_range
+    with pytest.raises(sources.NoUsableVideo) as refused:
+        data_spec.open(spec, tmp_path, length_rule=rule)
+    message = str(refused.value)
+    assert "\n" not in message
+    assert message == (
+        f"no usable video file under {folder} (videos: 2 files, 0 usable, "
+        f"2 skipped); e.g. {folder / 'one_frame.mp4'}: too short: 1 frames at "
+        "25 fps, the minimum gap is 3 frames "
+        f"(every file with its reason: {tmp_path / data_spec.SKIPPED_VIDEOS})"
+    )
+    listing = (tmp_path / data_spec.SKIPPED_VIDEOS).read_text()
+    assert f"{folder / 'one_frame.mp4'}\ttoo short: 1 frames" in listing
+    assert pickle.loads(pickle.dumps(refused.value)).skipped == refused.value.skipped

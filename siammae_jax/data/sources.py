@@ -96,16 +96,47 @@ class _Source:
         )
 
 
+# Called with a video's frame count and rate; the ValueError it raises says why
+# the run cannot use the video (e.g. ``PairSampler.gap_range``: too short).
+LengthRule = Callable[[int, float], object]
+
+
+class NoUsableVideo(ValueError):
+    """No file under a dataset path is a usable video (a one-line message).
+
+    Attributes:
+      skipped: ``(path, reason)`` of every file under the path.
+      report: the source's one-line count (``videos: N files, 0 usable, ...``).
+    """
+
+    def __init__(self, message: str, skipped: list[tuple[str, str]], report: str):
+        super().__init__(message)
+        self.skipped, self.report = skipped, report
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.skipped, self.report))
+
+
 def _check_videos(
-    paths: list[str], open_video: Callable[[str], Video], workers: int = 8
+    paths: list[str],
+    open_video: Callable[[str], Video],
+    workers: int = 8,
+    *,
+    length_rule: LengthRule | None = None,
 ) -> dict[str, str]:
-    """``{path: reason}`` of the videos that cannot be opened (threads)."""
+    """``{path: reason}`` of the videos that cannot be opened (threads), or
+    that ``length_rule`` refuses."""
 
     def check(path: str) -> str | None:
         try:
-            open_video(path)
+            video = open_video(path)
         except BadVideoError as e:
             return e.reason
+        try:
+            if length_rule is not None:
+                length_rule(video.num_frames, video.fps)
+        except ValueError as e:
+            return str(e)
         return None
 
     bad = {}
@@ -126,12 +157,13 @@ class VideoFolderSource(_Source):
       path: the folder (local or ``gs://``), or one video file.
       check: open every video now (building its frame index, in threads) and
         leave out those that cannot be opened, listing them in ``skipped``;
-        otherwise a bad video is found when read.
+        otherwise a bad video is found when read. (:meth:`check` can also
+        leave out the videos too short for a run.)
       index_dir: a folder for frame-index sidecar files (None: memory only).
 
     Raises:
       FileNotFoundError: ``path`` does not exist.
-      ValueError: no video file under ``path``.
+      NoUsableVideo: no (usable) video file under ``path``.
     """
 
     def __init__(
@@ -150,21 +182,29 @@ class VideoFolderSource(_Source):
             self.check()
         self._raise_if_empty()
 
-    def check(self) -> None:
-        """Opens every video (in threads) and leaves out the unreadable ones.
+    def check(self, length_rule: LengthRule | None = None) -> None:
+        """Opens every video (in threads) and leaves out the unreadable ones
+        and those ``length_rule`` refuses (e.g. too short for the minimum gap).
 
         Raises:
-          ValueError: none is readable.
+          NoUsableVideo: none is usable.
         """
-        bad = _check_videos(self._paths, self._open)
+        bad = _check_videos(self._paths, self._open, length_rule=length_rule)
         self._paths = [p for p in self._paths if p not in bad]
         self.skipped = sorted(self.skipped + list(bad.items()))
         self._raise_if_empty()
 
     def _raise_if_empty(self) -> None:
         if not self._paths:
-            listed = "".join(f"\n  {p}: {r}" for p, r in self.skipped[:20])
-            raise ValueError(f"no usable video file under {self._root}{listed}")
+            videos = [s for s in self.skipped if not s[1].startswith("not a video")]
+            example = "".join(
+                f"; e.g. {p}: {r}" for p, r in (videos or self.skipped)[:1]
+            )
+            raise NoUsableVideo(
+                f"no usable video file under {self._root} ({self.report()}){example}",
+                self.skipped,
+                self.report(),
+            )
 
     def _open(self, path: str) -> VideoFile:
         return VideoFile(path, index_dir=self._index_dir)

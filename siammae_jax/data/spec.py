@@ -68,10 +68,12 @@ class DataSpec:
         return cls(**values)
 
 
-def _videos(spec: DataSpec, path: str) -> Source:
+def _videos(
+    spec: DataSpec, path: str, length_rule: sources.LengthRule | None = None
+) -> Source:
     source = sources.VideoFolderSource(path, index_dir=spec.index_dir or None)
     if len(source) <= spec.check_videos:
-        source.check()
+        source.check(length_rule)
     else:
         logging.info("not opening %d videos now (data.check_videos=%d): bad "
                      "ones are counted in data_skipped", len(source),
@@ -146,12 +148,13 @@ def open(
     *,
     is_main: bool = True,
     barrier: Callable[[str], None] = lambda name: None,
+    length_rule: sources.LengthRule | None = None,
 ) -> Source:
     """The video source ``spec`` names; the synthetic set is written on demand.
 
     With a ``workdir``, logs ``videos: N files, M usable, K skipped (see
     WORKDIR/skipped_videos.txt)`` and writes that file (every file under the
-    data path not used, with why).
+    data path not used, with why), also when no file is usable.
 
     Args:
       spec: the data to open.
@@ -159,10 +162,15 @@ def open(
       is_main: this process writes the synthetic set and the listing.
       barrier: ``barrier(name)`` waits for every process (after the synthetic
         set is written).
+      length_rule: what a video file needs for the run (e.g.
+        ``PairSampler.gap_range``: frames for the minimum gap), applied to
+        every video the start-up check opens (``data.check_videos``).
 
     Raises:
-      ValueError: an unknown format, no usable video, or a synthetic set meant
-        to go into a folder that holds other files.
+      ValueError: an unknown format, or a synthetic set meant to go into a
+        folder that holds other files.
+      sources.NoUsableVideo: no usable video (one line; the listing names
+        every file with its reason).
       FileNotFoundError: the data path (or TFDS dataset) does not exist.
     """
     if spec.format not in FORMATS:
@@ -173,19 +181,34 @@ def open(
     root = synthetic_root(spec, workdir)
     if root is None:
         format = spec.format or sources.infer_format(spec.path)
-        source = _OPENERS[format](spec, spec.path)
+        try:
+            if format == "video":
+                source = _videos(spec, spec.path, length_rule)
+            else:
+                source = _OPENERS[format](spec, spec.path)
+        except sources.NoUsableVideo as e:
+            if workdir is None:
+                raise
+            listing = epath.Path(workdir) / SKIPPED_VIDEOS
+            _list_skipped(e.skipped, e.report, listing, is_main)
+            raise sources.NoUsableVideo(
+                f"{e} (every file with its reason: {listing})", e.skipped, e.report
+            ) from None
     else:
         if is_main:
             _write_synthetic(spec, root)
         barrier("synthetic_data")
         source = _OPENERS["frames"](spec, str(root / "frames"))
     if workdir is not None:
-        _list_skipped(source, epath.Path(workdir) / SKIPPED_VIDEOS, is_main)
+        listing = epath.Path(workdir) / SKIPPED_VIDEOS
+        _list_skipped(source.skipped, source.report(), listing, is_main)
     return source
 
 
-def _list_skipped(source: Source, listing: epath.Path, is_main: bool) -> None:
+def _list_skipped(
+    skipped: list[tuple[str, str]], report: str, listing: epath.Path, is_main: bool
+) -> None:
     if is_main:
-        lines = [f"{path}\t{reason}\n" for path, reason in source.skipped]
-        listing.write_text(f"# {source.report()}: path<TAB>reason\n" + "".join(lines))
-    logging.info("%s (see %s)", source.report(), listing)
+        lines = [f"{path}\t{reason}\n" for path, reason in skipped]
+        listing.write_text(f"# {report}: path<TAB>reason\n" + "".join(lines))
+    logging.info("%s (see %s)", report, listing)

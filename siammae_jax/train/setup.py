@@ -17,7 +17,7 @@ from absl import logging
 from etils import epath
 from jax.sharding import NamedSharding, PartitionSpec
 
-from siammae_jax.data import pipeline
+from siammae_jax.data import pairs, pipeline, sources
 from siammae_jax.data import spec as data_spec
 from siammae_jax.models import flops
 from siammae_jax.models.definition import ModelDef
@@ -68,6 +68,12 @@ def data_iterator(
     return iter(ds)
 
 
+def length_rule(sampler: Any) -> sources.LengthRule | None:
+    """What the start-up check asks of a video's length: frame pairs need
+    frames ``min_gap`` apart (``gap_range`` says why a video is too short)."""
+    return sampler.gap_range if isinstance(sampler, pairs.PairSampler) else None
+
+
 def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     """Validates, builds and compiles everything; no step is taken."""
     config_lib.validate(config, jax.device_count(), jax.process_count())
@@ -76,7 +82,10 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     mesh = mesh_lib.make_mesh(config.mesh.to_dict())
     spec = data_spec.DataSpec.from_config(config.data, config.seed)
     main = jax.process_index() == 0
-    source = data_spec.open(spec, workdir, is_main=main, barrier=mesh_lib.barrier)
+    source = data_spec.open(
+        spec, workdir, is_main=main, barrier=mesh_lib.barrier,
+        length_rule=length_rule(config_lib.sampler(config)),
+    )  # fmt: skip
     schedule = config_lib.schedule(config, len(source))
     built = step_lib.build(config, mesh, schedule)
     _log_memory(built.abstract_state, built.memory)
