@@ -3,7 +3,8 @@
 Usage::
 
     python -m siammae_jax.data.prepare --videos DIR --out DIR \\
-        [--short_side 256] [--workers N] [--shard_size 64] [--quality 90]
+        [--short_side 256] [--workers N] [--shard_size 64] [--quality 90] \\
+        [--annotations LIST.csv [--match PATTERN] [--min_frames 2]]
 
 Every video under ``--videos`` (video files, or frame folders with
 ``--format frames``) is decoded once, sequentially; each frame is resized so
@@ -21,6 +22,12 @@ manifest lists as complete, so a crashed run resumes where it stopped. Bad
 videos, and files that are not videos, are skipped; their paths and reasons go
 to the manifest (``skipped``; the latter also under ``not_videos``) and the
 final report.
+
+With ``--annotations``, a dataset's annotation list (the Kinetics CSV form),
+``OUT/coverage.json`` says per split and class how many listed clips are
+present, unreadable, too short or missing, and which files no row names
+(:mod:`siammae_jax.data.coverage`); one summary line is printed. The list is
+read before packing, so a bad one fails at once.
 
 The ``video_folder`` TFDS builder (:mod:`siammae_jax.data.tfds.video_folder`)
 stores the same frames (:func:`siammae_jax.data.encode.encode_video`) as a named TFDS dataset,
@@ -41,11 +48,12 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+import msgpack
 from array_record.python.array_record_module import ArrayRecordWriter
 from etils import epath
 from tqdm import tqdm
 
-from siammae_jax.data import sources
+from siammae_jax.data import coverage, sources
 from siammae_jax.data import spec as data_spec
 from siammae_jax.data.encode import encode_video
 from siammae_jax.data.video import RECORD_FORMAT, BadVideoError, encode_record
@@ -162,7 +170,7 @@ def _write_shards(
     for name, shard_tasks in shards:
         tmp = out / (name + TMP_SUFFIX)
         writer = ArrayRecordWriter(str(tmp), WRITER_OPTIONS)
-        entry = {"packed": 0, "videos": [], "skipped": []}
+        entry = {"packed": 0, "videos": [], "num_frames": [], "skipped": []}
         for task in shard_tasks:
             record, reason = next(results)
             if record is None:
@@ -173,6 +181,7 @@ def _write_shards(
                 writer.write(record)
                 entry["packed"] += 1
                 entry["videos"].append(task[2])
+                entry["num_frames"].append(msgpack.unpackb(record)["num_frames"])
             bar.update()
         writer.close()
         tmp.replace(out / name)
@@ -234,6 +243,9 @@ def prepare(
     quality: int = 90,
     format: str | None = None,
     progress: bool = True,
+    annotations: str | epath.Path | None = None,
+    match: str = coverage.DEFAULT_MATCH,
+    min_frames: int = coverage.MIN_FRAMES,
 ) -> dict[str, Any]:
     """Packs every video under ``videos_dir`` into shards under ``out_dir``.
 
@@ -249,17 +261,23 @@ def prepare(
       quality: JPEG quality (1-95).
       format: ``"video"`` or ``"frames"``; inferred from the files if None.
       progress: show a progress bar and print the summary.
+      annotations: an annotation list: write ``out_dir/coverage.json``
+        (:mod:`siammae_jax.data.coverage`).
+      match, min_frames: how rows name files, and the fewest frames of a
+        usable video (see :func:`siammae_jax.data.coverage.tally`).
 
     Returns:
       A summary: ``packed`` and ``num_skipped`` (counts), ``skipped`` (list of
       ``{"path", "reason"}``), ``shards`` (all shard names), ``written`` and
-      ``reused`` (shards packed by this run / kept from an earlier one) and
-      ``out_dir``.
+      ``reused`` (shards packed by this run / kept from an earlier one),
+      ``out_dir`` and, with ``annotations``, ``coverage`` (the report).
 
     Raises:
       FileNotFoundError, ValueError: no inputs, or ``out_dir`` was packed with
         other settings or inputs.
+      coverage.AnnotationError: a bad annotation list (before packing).
     """
+    rows = coverage.read_annotations(annotations, match) if annotations else None
     kind, inputs, others = _inputs(videos_dir, format)
     out = epath.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -284,6 +302,12 @@ def prepare(
         "reused": sorted(done),
         "out_dir": str(out),
     }
+    if annotations:
+        outcomes = coverage.prepared_outcomes(manifest, out)
+        summary["coverage"] = coverage.report(
+            annotations, outcomes, match=match, min_frames=min_frames, rows=rows
+        )
+        coverage.write(out, summary["coverage"])
     if progress:
         print(format_summary(summary))
     return summary
@@ -298,6 +322,9 @@ def format_summary(summary: dict[str, Any]) -> str:
         + (":" if summary["skipped"] else ".")
     ]
     lines += [f"  {s['path']}: {s['reason']}" for s in summary["skipped"]]
+    if "coverage" in summary:
+        path = epath.Path(summary["out_dir"]) / coverage.COVERAGE
+        lines.append(coverage.summary_line(summary["coverage"], path))
     return "\n".join(lines)
 
 
@@ -317,21 +344,42 @@ def _parse_args(argv: Iterable[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--format", choices=("video", "frames"), default=None, help="input kind"
     )
+    parser.add_argument(
+        "--annotations", help="annotation list (CSV: label,youtube_id,time_start,"
+        "time_end,split): write OUT/coverage.json",
+    )  # fmt: skip
+    parser.add_argument(
+        "--match", default=coverage.DEFAULT_MATCH,
+        help="the file name (no suffix) a row names, as a format string over "
+        "its columns (default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--min_frames", type=int, default=coverage.MIN_FRAMES,
+        help="fewer frames than this: too short (default: %(default)s)",
+    )  # fmt: skip
     return parser.parse_args(argv)
 
 
 def main(argv: Iterable[str] | None = None) -> None:
     """Command-line entry point."""
     args = _parse_args(argv)
-    prepare(
-        args.videos,
-        args.out,
-        short_side=args.short_side,
-        workers=args.workers,
-        shard_size=args.shard_size,
-        quality=args.quality,
-        format=args.format,
-    )
+    if args.min_frames < 1:
+        raise SystemExit(f"prepare: --min_frames {args.min_frames} must be >= 1")
+    try:
+        prepare(
+            args.videos,
+            args.out,
+            short_side=args.short_side,
+            workers=args.workers,
+            shard_size=args.shard_size,
+            quality=args.quality,
+            format=args.format,
+            annotations=args.annotations,
+            match=args.match,
+            min_frames=args.min_frames,
+        )
+    except coverage.AnnotationError as e:
+        raise SystemExit(f"prepare: {e}") from None
 
 
 if __name__ == "__main__":

@@ -22,7 +22,16 @@ Dataflow, Flink or Spark across many workers::
 A video that cannot be decoded never fails the build: it is counted in the Beam
 metric ``video_folder/videos_skipped`` (beside ``videos_written``), logged, and
 listed with its reason in ``skipped-<split>.json`` next to the dataset's files,
-together with the files that are not videos.
+together with the files that are not videos (and, under ``written``, the frame
+count of every video stored).
+
+With ``annotations`` in the config (a dataset's annotation list, the Kinetics
+CSV form; ``match`` and ``min_frames`` as for ``prepare``), the build writes
+``coverage.json`` next to the dataset's files and prints its summary line
+(:mod:`siammae_jax.data.coverage`)::
+
+    tfds build video_folder --imports siammae_jax.data.tfds --manual_dir DIR \\
+        --config '{"name": "k400", "annotations": "/data/k400/train.csv"}' ...
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
 
+from siammae_jax.data import coverage
 from siammae_jax.data.encode import encode_video
 from siammae_jax.data.tfds import common
 from siammae_jax.data.video import BadVideoError
@@ -61,10 +71,16 @@ class VideoFolderConfig(tfds.core.BuilderConfig):
       short_side: frames are resized so their short side is this (0: as
         decoded).
       quality: JPEG quality.
+      annotations: an annotation list ("": none): write ``coverage.json``.
+      match, min_frames: how its rows name files, and the fewest frames of a
+        usable video (:func:`siammae_jax.data.coverage.tally`).
     """
 
     short_side: int = 256
     quality: int = 90
+    annotations: str = ""
+    match: str = coverage.DEFAULT_MATCH
+    min_frames: int = coverage.MIN_FRAMES
 
 
 class VideoFolder(common.ArrayRecordBuilder):
@@ -94,7 +110,26 @@ class VideoFolder(common.ArrayRecordBuilder):
             "source": tfds.features.Text(),
         }
 
+    def download_and_prepare(self, **kwargs) -> None:
+        """Builds the dataset; then, with ``annotations`` in the config,
+        writes ``coverage.json`` beside it and prints its summary line."""
+        super().download_and_prepare(**kwargs)
+        config = self.builder_config
+        if not config.annotations:
+            return
+        outcomes = {}
+        for path in sorted(self.data_path.glob(SKIPPED.format(split="*"))):
+            outcomes.update(_outcomes(json.loads(path.read_text())))
+        result = coverage.report(
+            config.annotations, outcomes, match=config.match,
+            min_frames=config.min_frames,
+        )  # fmt: skip
+        print(coverage.summary_line(result, coverage.write(self.data_path, result)))
+
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+        config = self.builder_config
+        if config.annotations:  # A bad list fails now, not after the build.
+            coverage.read_annotations(config.annotations, config.match)
         root = common.manual_root(dl_manager, _MANUAL)
         named = [s for s in SPLITS if (root / s).is_dir()]
         folders = {s: root / s for s in named} or {"train": root}
@@ -139,12 +174,13 @@ def encode_videos(
         | "spread" >> beam.Reshuffle()
         | "encode"
         >> beam.FlatMap(_Encode(root, short_side, quality)).with_outputs(
-            "skipped", main="examples"
+            "skipped", "written", main="examples"
         )
     )
     manifest = _Manifest(skipped_path, root, split, len(videos), not_videos)
     _ = (
-        out.skipped
+        (out.skipped, out.written)
+        | "outcomes" >> beam.Flatten()
         | "gather" >> beam.combiners.ToList()
         | "manifest" >> beam.Map(manifest)
     )
@@ -168,20 +204,23 @@ class _Encode:
             yield beam.pvalue.TaggedOutput("skipped", (name, e.reason))
             return
         beam.metrics.Metrics.counter(METRICS, "videos_written").inc()
+        yield beam.pvalue.TaggedOutput("written", (name, len(jpegs)))
         del meta["stream"]  # FFmpeg's best video stream was read; not a feature
         yield name, {"frames": jpegs, "num_frames": len(jpegs), "source": name, **meta}
 
 
 class _Manifest:
-    """Writes the split's ``skipped-<split>.json`` (one call, all skips)."""
+    """Writes the split's ``skipped-<split>.json`` (one call, all outcomes:
+    ``(path, reason)`` of a skip, ``(path, frame count)`` of a stored video)."""
 
     def __init__(self, path, root, split, found, not_videos):
         self.path, self.root, self.split = path, root, split
         self.found = found
         self.not_videos = [(_relative(p, root), r) for p, r in not_videos]
 
-    def __call__(self, skipped: list[tuple[str, str]]) -> None:
-        skipped = sorted(skipped)
+    def __call__(self, outcomes: list[tuple[str, str | int]]) -> None:
+        skipped = sorted(o for o in outcomes if isinstance(o[1], str))
+        written = sorted(o for o in outcomes if not isinstance(o[1], str))
         report = {
             "split": self.split,
             "manual_dir": self.root,
@@ -189,10 +228,19 @@ class _Manifest:
             "videos_written": self.found - len(skipped),
             "skipped": [{"path": p, "reason": r} for p, r in skipped],
             "not_videos": [{"path": p, "reason": r} for p, r in self.not_videos],
+            "written": [{"path": p, "frames": n} for p, n in written],
         }
         path = epath.Path(self.path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(report, indent=1) + "\n")
+
+
+def _outcomes(report: dict) -> dict[str, str | int]:
+    """Every file of a ``skipped-<split>.json``: its reason or frame count."""
+    outcomes = {
+        s["path"]: s["reason"] for s in report["not_videos"] + report["skipped"]
+    }
+    return outcomes | {w["path"]: w["frames"] for w in report["written"]}
 
 
 def _relative(path: str, root: str) -> str:
