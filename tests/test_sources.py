@@ -257,7 +257,9 @@ def test_open_infers_the_format(videos, tmp_path):
     dump_frames(tmp_path / "f" / "clip", make_frames(3))
     assert isinstance(_open(tmp_path / "f"), sources.FrameFolderSource)
     assert isinstance(_open(tmp_path / "f", "frames"), sources.FrameFolderSource)
-    with pytest.raises(ValueError, match="video, frames, array_record, tfds, synth"):
+    with pytest.raises(
+        ValueError, match="video, frames, array_record, tfds, images, synth"
+    ):
         _open(tmp_path / "f", "tfrecord")
 
 

@@ -11,17 +11,24 @@ installed package) are the same configs.
 
 Variants: ``vits16`` / ``vits8`` / ``vitb16`` (the paper's recipe, Table 4a of
 Gupta et al. 2023, on Kinetics-400 prepared with ``siammae_jax.data.prepare``)
-``tiny`` (a CPU setting on the embedded synthetic videos) and ``cpu_learn``
+``tiny`` (a CPU setting on the embedded synthetic videos), ``cpu_learn``
 (``tiny`` trained long enough to beat its random-init twin; what ``make demo``
-trains). Values marked
-"assumed" are not stated by the paper (MAE's choices).
+trains) and ``cropmae`` (CropMAE's recipe: crop pairs of still images, ViT-S/16
+on ImageNet)::
+
+    python -m siammae_jax.main --config configs/siammae.py:cropmae --workdir DIR \
+        --config.data.path=/data/imagenet/train
+
+Values marked "assumed" are not stated by the paper (MAE's choices). Any
+variant trains on crop pairs with ``--config.data.pairs=crops`` (e.g.
+``cpu_learn`` on crops of the synthetic videos' frames).
 """
 
 import ml_collections
 
 from siammae_jax.eval import config as eval_config
 
-VARIANTS = ("vits16", "vits8", "vitb16", "tiny", "cpu_learn")
+VARIANTS = ("vits16", "vits8", "vitb16", "tiny", "cpu_learn", "cropmae")
 
 
 def get_config(arg: str = "vits16") -> ml_collections.ConfigDict:
@@ -70,9 +77,15 @@ def get_config(arg: str = "vits16") -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     c.data.path = ""  # videos, frame folders or array_record shards
-    # video|frames|array_record|tfds|synthetic; inferred from data.path if
-    # empty, and the synthetic set if data.path is empty too.
+    # video|frames|images|array_record|tfds|synthetic; inferred from data.path
+    # if empty (never as images), and the synthetic set if data.path is empty
+    # too. images: a folder tree of still images (data.pairs=crops).
     c.data.format = ""
+    # frames: f1 and f2 are two frames of one video (SiamMAE); crops: two crops
+    # of one image or video frame, f2 a crop of f1 (CropMAE's global-to-local
+    # views), each view flipped on its own. Crops of images, TFDS image
+    # datasets (an `image` feature, e.g. imagenet2012) and videos alike.
+    c.data.pairs = "frames"
     # data.format=tfds: a prepared TFDS dataset of videos (the package's
     # video_folder builder: `tfds build video_folder --imports
     # siammae_jax.data.tfds ...`), read with tfds.data_source.
@@ -90,6 +103,10 @@ def get_config(arg: str = "vits16") -> ml_collections.ConfigDict:
     c.data.scale = (0.5, 1.0)  # paper: random-resized crop scale
     c.data.ratio = (3 / 4, 4 / 3)  # assumed
     c.data.flip = True  # paper
+    # data.pairs=crops: f1 is the crop above (scale, ratio) of the frame, and f2
+    # a crop of f1 with these (CropMAE's local view; the cropmae config cites).
+    c.data.local_scale = (0.3, 0.6)
+    c.data.local_ratio = (3 / 4, 4 / 3)
     c.data.repeats = 2  # paper: repeated sampling
     c.data.num_workers = 8
     c.data.synthetic_videos = 64  # size of the synthetic set (format=synthetic)
@@ -189,6 +206,8 @@ def get_config(arg: str = "vits16") -> ml_collections.ConfigDict:
         _tiny(c)
     if arg == "cpu_learn":
         _cpu_learn(c)
+    if arg == "cropmae":
+        _cropmae(c)
     return c
 
 
@@ -244,3 +263,74 @@ def _cpu_learn(c: ml_collections.ConfigDict) -> None:
     c.eval.every = 750
     c.eval.max_videos = 40
     c.eval.max_seconds = 600.0
+
+
+def _cropmae(c: ml_collections.ConfigDict) -> None:
+    """CropMAE's ImageNet recipe (Eymael et al., "Efficient Image Pre-Training
+    with Siamese Cropped Masked Autoencoders", ECCV 2024): ViT-S/16 trained
+    from two crops of one still image, the second (98.5% masked) inside the
+    first. Sources: github.com/alexandre-eymael/CropMAE, cited as FILE:LINE
+    (scripts/train_cropmae_in.sh at 66815f53, train_cropmae_in.py at aa35f898,
+    misc/util.py at 1d4f9a90, models/SiamMAE.py at a36a3641, the rest at
+    ffafcf47). Their README reports DAVIS-2017 J&F 60.4 for these weights.
+
+    Differences that stay: our cross_self decoder block is pre-norm cross-,
+    then self-attention, then a 4x MLP; CropMAE's (models/components/
+    DecoderBlock.py:42-43, forward) is post-norm cross-attention, MLP (2048
+    wide), then self-attention, with dropout 0.1. CropMAE resizes with
+    torchvision (bilinear, antialiased), we with Pillow's bilinear.
+    Kinetics-400 frames instead of images (scripts/train_cropmae_k400.sh):
+    ``--config.data.format=video --config.data.scale="(0.5,1.0)"`` (its line 81).
+    """
+    c.seed = 42  # train_cropmae_in.sh:90
+    # Effective batch 2048: 128 per GPU (train_cropmae_in.sh:63) on 4 nodes x 4
+    # GPUs (:7-8), effective_batch_size = batch x accum x world
+    # (train_cropmae_in.py:47).
+    c.batch_size = 2048
+    # ViT-S/16 (misc/util.py:15 architecture vits, the script keeps it;
+    # models/SiamMAE.py:139 embed 384, depth 12, heads 6) at 224 px
+    # (train_cropmae_in.sh:72, 80).
+    c.model.encoder = "S/16"
+    c.model.image_size = 224
+    # f1 (first view) whole, f2 masked (models/SiamMAE.py:121-128) at 98.5%
+    # (train_cropmae_in.sh:75; misc/util.py:19); len_keep = int(L x (1 -
+    # ratio)) (models/components/mae/models_mae.py:141): 2 of 196 visible.
+    c.model.mask_ratio = 0.985
+    c.model.visible_rule = "int"
+    c.model.decoder_type = "cross_self"  # see the docstring's differences
+    c.model.decoder_dim = 256  # train_cropmae_in.sh:68
+    c.model.decoder_depth = 4  # train_cropmae_in.sh:67
+    c.model.decoder_heads = 8  # train_cropmae_in.sh:69
+    c.model.norm_pix_loss = True  # train_cropmae_in.sh:95
+    c.model.norm_pix_ddof = 1  # models_mae.py forward_loss: target.var (n - 1)
+    # ImageNet's training images: every *.JPEG under data_path
+    # (train_cropmae_in.py:100); one pair per image (data/CropMAE_PIPE.py:20-24).
+    c.data.format = "images"
+    c.data.pairs = "crops"  # GlobalToLocal (misc/util.py:62; the script :96)
+    c.data.repeats = 1
+    # f1: a crop of the image, area 10-100% (train_cropmae_in.sh:81-82), aspect
+    # 3/4-4/3 (:85, 87); f2: a crop of f1 (data/util/CropMAEStrategies.py:52-55),
+    # area 30-60% (train_cropmae_in.sh:83-84), aspect 3/4-4/3 (:86, 88). The box
+    # draw is torchvision.transforms.v2's RandomResizedCrop (10 tries, then a
+    # centre crop): CropMAE's RRC.get_params (data/util/image_utils.py:14-34,
+    # no retries) is v1's hook, which v2 (torchvision 0.17.1, requirements.txt:2)
+    # never calls.
+    c.data.scale = (0.1, 1.0)
+    c.data.ratio = (3 / 4, 4 / 3)
+    c.data.local_scale = (0.3, 0.6)
+    c.data.local_ratio = (3 / 4, 4 / 3)
+    # Each view flipped with p 0.5 on its own (misc/util.py:64;
+    # CropMAEStrategies.py:34, 58-59), after f2 was cropped from unflipped f1.
+    c.data.flip = True
+    # AdamW, betas 0.9/0.95 (train_cropmae_in.sh:64), weight decay 0.05 (:93)
+    # not on biases and norms (train_cropmae_in.py:88); lr = 1e-4 (sh:65) x
+    # batch / 256 (train_cropmae_in.py:54) = 8e-4; 400 epochs (sh:71), warmup
+    # 5% (sh:92) = int(0.05 x 400) = 20 epochs (train_cropmae_in.py:51), cosine
+    # to 0 (sh:77).
+    c.optim.base_lr = 1e-4
+    c.optim.lr_reference_batch = 256
+    c.optim.b1, c.optim.b2 = 0.9, 0.95
+    c.optim.weight_decay = 0.05
+    c.optim.epochs = 400
+    c.optim.warmup_epochs = 20
+    c.optim.end_lr = 0.0

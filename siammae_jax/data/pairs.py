@@ -1,10 +1,14 @@
-"""Frame-pair sampling and augmentation (SiamMAE's minimal recipe).
+"""Pair sampling and augmentation: two frames of a video, or two crops of one.
 
-One decoded video yields ``repeats`` pairs (repeated sampling). For each pair
-the gap is drawn uniformly in [min_gap, max_gap] frames at ``ref_fps`` (the
+:class:`PairSampler` (``data.pairs=frames``, SiamMAE's minimal recipe): one
+decoded video yields ``repeats`` pairs (repeated sampling). For each pair the
+gap is drawn uniformly in [min_gap, max_gap] frames at ``ref_fps`` (the
 paper's 4-48 frames at 30 fps), converted to the video's own frame rate and
 clipped to its length; f1 comes before f2. Both frames of a pair get the same
 random-resized crop (scale, aspect ratio) and the same horizontal flip.
+
+:class:`CropSampler` (``data.pairs=crops``, CropMAE's global-to-local views):
+f1 and f2 are two crops of one image or of one video frame, f2 a crop of f1.
 """
 
 from __future__ import annotations
@@ -42,6 +46,83 @@ def normalize(frames: Any, mean: Any = MEAN, std: Any = STD) -> Any:
     return (frames.astype(xp.float32) / 255.0 - mean) / std
 
 
+def random_resized_box(
+    height: int,
+    width: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    rng: np.random.Generator,
+) -> tuple[int, int, int, int]:
+    """(top, left, crop_height, crop_width): a random-resized crop box.
+
+    torchvision's ``RandomResizedCrop`` draw: area uniform in ``scale`` (a
+    fraction of the frame's) and log-aspect (width / height) uniform in
+    ``ratio``; up to 10 tries, then a centre crop with the aspect ratio
+    clamped to ``ratio``; the box's place is uniform over the frame.
+    """
+    area = height * width
+    log_ratio = np.log(ratio)
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w = round(math.sqrt(target * aspect))
+        h = round(math.sqrt(target / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(rng.integers(0, height - h + 1))
+            left = int(rng.integers(0, width - w + 1))
+            return top, left, h, w
+    aspect = width / height
+    if aspect < ratio[0]:
+        w, h = width, round(width / ratio[0])
+    elif aspect > ratio[1]:
+        h, w = height, round(height * ratio[1])
+    else:
+        h, w = height, width
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def resized_crop(
+    frame: np.ndarray, box: tuple[int, int, int, int], size: int
+) -> np.ndarray:
+    """``box`` (top, left, height, width) of a uint8 frame, resized to
+    ``size`` x ``size`` (Pillow's bilinear, antialiased when shrinking)."""
+    top, left, h, w = (int(v) for v in box)
+    image = Image.fromarray(frame).resize(
+        (size, size), Image.Resampling.BILINEAR, box=(left, top, left + w, top + h)
+    )
+    return np.asarray(image)
+
+
+def _range_checks(name: str, value: tuple[float, float], upper: float | None):
+    """(ok, message) of a (low, high) range field: 0 < low <= high [<= upper]."""
+    low, high = value
+    if upper is None:
+        return (0 < low <= high, f"{name}={value} must satisfy 0 < low <= high")
+    return (
+        0 < low <= high <= upper,
+        f"{name}={value} must satisfy 0 < low <= high <= {upper:g}",
+    )
+
+
+def _raise_first(checks: list[tuple[bool, str]]) -> None:
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+
+
+def _read_frames(video: Video, indices: np.ndarray) -> dict[int, np.ndarray]:
+    """{index: uint8 frame} of the distinct ``indices``, each decoded once.
+
+    Raises:
+      BadVideoError: the decoder fails or returns frames of a wrong shape.
+    """
+    wanted = np.unique(indices)
+    decoded = video.read(wanted.tolist())
+    if decoded.ndim != 4 or decoded.shape[0] != len(wanted) or decoded.shape[-1] != 3:
+        raise BadVideoError(video.path, f"decoder returned shape {decoded.shape}")
+    return {int(i): f for i, f in zip(wanted, decoded, strict=True)}
+
+
 @dataclasses.dataclass(frozen=True)
 class PairSampler:
     """Samples ``repeats`` augmented frame pairs from one video.
@@ -74,19 +155,11 @@ class PairSampler:
                 f"max_gap={self.max_gap} must be >= min_gap={self.min_gap}",
             ),
             (self.ref_fps > 0, f"ref_fps={self.ref_fps} must be positive"),
-            (
-                0 < self.scale[0] <= self.scale[1] <= 1,
-                f"scale={self.scale} must satisfy 0 < low <= high <= 1",
-            ),
-            (
-                0 < self.ratio[0] <= self.ratio[1],
-                f"ratio={self.ratio} must satisfy 0 < low <= high",
-            ),
+            _range_checks("scale", self.scale, 1),
+            _range_checks("ratio", self.ratio, None),
             (self.repeats >= 1, f"repeats={self.repeats} must be >= 1"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
+        _raise_first(checks)
 
     def gap_range(self, num_frames: int, fps: float) -> tuple[int, int]:
         """Allowed gaps in the video's own frames, clipped to its length.
@@ -116,42 +189,14 @@ class PairSampler:
     def sample_crop(
         self, height: int, width: int, rng: np.random.Generator
     ) -> tuple[int, int, int, int]:
-        """(top, left, crop_height, crop_width): a random-resized crop box.
-
-        Area and log-aspect uniform in ``scale`` and ``ratio``; up to 10 tries,
-        then a centre crop with the aspect ratio clamped to ``ratio``.
-        """
-        area = height * width
-        log_ratio = np.log(self.ratio)
-        for _ in range(10):
-            target = area * rng.uniform(*self.scale)
-            aspect = math.exp(rng.uniform(*log_ratio))
-            w = round(math.sqrt(target * aspect))
-            h = round(math.sqrt(target / aspect))
-            if 0 < w <= width and 0 < h <= height:
-                top = int(rng.integers(0, height - h + 1))
-                left = int(rng.integers(0, width - w + 1))
-                return top, left, h, w
-        aspect = width / height
-        if aspect < self.ratio[0]:
-            w, h = width, round(width / self.ratio[0])
-        elif aspect > self.ratio[1]:
-            h, w = height, round(height * self.ratio[1])
-        else:
-            h, w = height, width
-        return (height - h) // 2, (width - w) // 2, h, w
+        """(top, left, crop_height, crop_width): see :func:`random_resized_box`."""
+        return random_resized_box(height, width, self.scale, self.ratio, rng)
 
     def crop_resize(
         self, frame: np.ndarray, box: tuple[int, int, int, int], flip: bool
     ) -> np.ndarray:
         """Crops ``box`` from a uint8 frame, resizes to ``size`` (bilinear), flips."""
-        top, left, h, w = box
-        image = Image.fromarray(frame).resize(
-            (self.size, self.size),
-            Image.Resampling.BILINEAR,
-            box=(left, top, left + w, top + h),
-        )
-        out = np.asarray(image)
+        out = resized_crop(frame, box, self.size)
         return out[:, ::-1] if flip else out
 
     def __call__(self, video: Video, rng: np.random.Generator) -> dict:
@@ -169,16 +214,8 @@ class PairSampler:
             indices = self.sample_indices(video.num_frames, video.fps, rng)
         except ValueError as e:
             raise BadVideoError(video.path, str(e)) from None
-        wanted = np.unique(indices)
-        decoded = video.read(wanted.tolist())
-        if (
-            decoded.ndim != 4
-            or decoded.shape[0] != len(wanted)
-            or decoded.shape[-1] != 3
-        ):
-            raise BadVideoError(video.path, f"decoder returned shape {decoded.shape}")
-        lookup = {int(i): f for i, f in zip(wanted, decoded, strict=True)}
-        height, width = decoded.shape[1:3]
+        lookup = _read_frames(video, indices)
+        height, width = lookup[int(indices[0, 0])].shape[:2]
         frames = np.empty((self.repeats, 2, self.size, self.size, 3), np.uint8)
         crops = np.empty((self.repeats, 4), np.int32)
         flips = np.zeros(self.repeats, bool)
@@ -192,6 +229,97 @@ class PairSampler:
         return {
             "frames": frames,
             "indices": indices.astype(np.int32),
+            "crop": crops,
+            "flip": flips,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class CropSampler:
+    """Samples ``repeats`` crop pairs of one frame (CropMAE's global-to-local).
+
+    Per pair (the order of the random draws): a frame uniformly at random (an
+    image has one); f1, the global view, is a random-resized crop of the frame
+    (``scale``, ``ratio``) resized to ``size``; f2, the local view, is a
+    random-resized crop of f1 (``local_scale``, ``local_ratio``) resized to
+    ``size``, so f2 always lies inside f1; then f1 and f2 are each flipped
+    horizontally with probability 0.5, independently. The model sees f1 whole
+    and reconstructs f2 from its few visible patches.
+
+    Attributes:
+      size: output height and width in pixels.
+      scale, ratio: f1's crop of the frame (area fraction, width / height).
+      local_scale, local_ratio: f2's crop of f1.
+      flip: flip each view horizontally with probability 0.5.
+      repeats: pairs drawn per record (each from its own frame of a video).
+    """
+
+    size: int = 224
+    scale: tuple[float, float] = (0.1, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    local_scale: tuple[float, float] = (0.3, 0.6)
+    local_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip: bool = True
+    repeats: int = 1
+
+    def __post_init__(self):
+        _raise_first(
+            [
+                (self.size >= 1, f"size={self.size} must be positive"),
+                _range_checks("scale", self.scale, 1),
+                _range_checks("ratio", self.ratio, None),
+                _range_checks("local_scale", self.local_scale, 1),
+                _range_checks("local_ratio", self.local_ratio, None),
+                (self.repeats >= 1, f"repeats={self.repeats} must be >= 1"),
+            ]
+        )
+
+    def views(
+        self, frame: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One pair of one uint8 frame [H, W, 3].
+
+        Returns:
+          ``frames`` uint8 [2, size, size, 3] (f1, f2, flipped), ``boxes``
+          [2, 4]: f1's box in the frame and f2's box in the unflipped f1 (top,
+          left, height, width in pixels), ``flips`` bool [2].
+        """
+        height, width = frame.shape[:2]
+        outer = random_resized_box(height, width, self.scale, self.ratio, rng)
+        first = resized_crop(frame, outer, self.size)
+        inner = random_resized_box(
+            self.size, self.size, self.local_scale, self.local_ratio, rng
+        )
+        second = resized_crop(first, inner, self.size)
+        flips = np.array([self.flip and rng.random() < 0.5 for _ in range(2)])
+        views = [
+            v[:, ::-1] if f else v for v, f in zip((first, second), flips, strict=True)
+        ]
+        return np.stack(views), np.array([outer, inner], np.int32), flips
+
+    def __call__(self, video: Video, rng: np.random.Generator) -> dict:
+        """Samples the pairs of one video or image (a one-frame video).
+
+        Returns:
+          ``frames`` uint8 [repeats, 2, size, size, 3], ``indices`` [repeats, 2]
+          (the frame of both views, twice), ``crop`` [repeats, 2, 4] and
+          ``flip`` bool [repeats, 2] (see :meth:`views`).
+
+        Raises:
+          BadVideoError: the video has no frame or cannot be decoded.
+        """
+        if video.num_frames < 1:
+            raise BadVideoError(video.path, "no frames")
+        chosen = rng.integers(0, video.num_frames, self.repeats)
+        lookup = _read_frames(video, chosen)
+        frames = np.empty((self.repeats, 2, self.size, self.size, 3), np.uint8)
+        crops = np.empty((self.repeats, 2, 4), np.int32)
+        flips = np.zeros((self.repeats, 2), bool)
+        for r, index in enumerate(chosen):
+            frames[r], crops[r], flips[r] = self.views(lookup[int(index)], rng)
+        return {
+            "frames": frames,
+            "indices": np.stack([chosen, chosen], axis=1).astype(np.int32),
             "crop": crops,
             "flip": flips,
         }

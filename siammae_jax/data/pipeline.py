@@ -61,7 +61,7 @@ class PairMaker:
     def __init__(
         self,
         source: Any,
-        sampler: pairs.PairSampler,
+        sampler: pairs.PairSampler | pairs.CropSampler,
         order: grain.MapDataset,
         seed: int,
         max_retries: int = 32,
@@ -131,7 +131,7 @@ def make_pipeline(
     source: Any,
     *,
     batch_size: int,
-    sampler: pairs.PairSampler | None = None,
+    sampler: pairs.PairSampler | pairs.CropSampler | None = None,
     seed: int = 0,
     shard_index: int = 0,
     shard_count: int = 1,
@@ -143,10 +143,12 @@ def make_pipeline(
     """Builds the pair pipeline over a random-access video source.
 
     Args:
-      source: a source of ``siammae_jax.data.sources`` (one record = one video).
+      source: a source of ``siammae_jax.data.sources`` or
+        ``siammae_jax.data.images`` (one record = one video or image).
       batch_size: pairs per batch on this host; a multiple of ``repeats``
         (the global batch is ``batch_size x shard_count``).
-      sampler: pair sampling and augmentation (default: the paper's).
+      sampler: pair sampling and augmentation (default: the paper's frame
+        pairs); a ``CropSampler`` draws two crops of one frame or image.
       seed: shuffling and augmentation seed (same seed => same batches).
       shard_index, shard_count: this host's shard (``jax.process_index()``,
         ``jax.process_count()``); shards are disjoint and cover the videos.
@@ -158,9 +160,19 @@ def make_pipeline(
     Returns:
       A ``grain.IterDataset`` of dicts: ``frames`` [B, 2, S, S, 3], ``indices``
       [B, 2], ``crop`` [B, 4], ``flip`` [B], ``video`` [B] (source index of
-      each pair's video) and ``skipped`` (bad videos replaced in this batch).
+      each pair's video) and ``skipped`` (bad videos replaced in this batch);
+      with a ``CropSampler``, ``crop`` [B, 2, 4] and ``flip`` [B, 2] (one per
+      view).
+
+    Raises:
+      ValueError: a bad batch or shard, or frame pairs asked of still images.
     """
     sampler = sampler or pairs.PairSampler()
+    if getattr(source, "stills", False) and not isinstance(sampler, pairs.CropSampler):
+        raise ValueError(
+            f"{source!r} holds still images, which have no second frame: "
+            "train on them with data.pairs=crops"
+        )
     _check(len(source), batch_size, sampler.repeats, shard_index, shard_count)
     per_host = batch_size // sampler.repeats  # records per host batch
     order = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat(num_epochs)

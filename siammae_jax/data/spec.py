@@ -1,5 +1,5 @@
 """``open(spec)``: the one way a training run turns its ``data`` section into
-a video source.
+a source of videos or (``data.format=images``, a TFDS image dataset) images.
 
 :data:`FORMATS` lists every ``data.format`` (the config validates against it)
 and :func:`means_synthetic` is the one rule for when the synthetic set is
@@ -17,7 +17,7 @@ import ml_collections
 from absl import logging
 from etils import epath
 
-from siammae_jax.data import sources, synthetic
+from siammae_jax.data import images, sources, synthetic
 
 SKIPPED_VIDEOS = "skipped_videos.txt"  # in the workdir: unused files, with why
 
@@ -26,6 +26,8 @@ Source = (
     | sources.FrameFolderSource
     | sources.ArrayRecordSource
     | sources.TfdsSource
+    | images.ImageFolderSource
+    | images.TfdsImageSource
 )
 
 
@@ -35,13 +37,14 @@ class DataSpec:
 
     Attributes:
       format: one of :data:`FORMATS` ("": inferred, see :func:`synthetic_root`).
-      path: a folder of videos, frame folders or shards; or where the
-        synthetic set is (or is to be written).
+      path: a folder of videos, frame folders, images or shards; or where
+        the synthetic set is (or is to be written).
       tfds_name, tfds_data_dir, tfds_split: a prepared TFDS dataset
-        (``format="tfds"``).
+        (``format="tfds"``) of videos (a ``frames`` feature) or of images (an
+        ``image`` feature).
       index_dir: frame-index sidecar files of video files ("": none).
-      check_videos: open every video file at startup when there are at most
-        this many (0: never).
+      check_videos: open every video file (decode every image) at startup
+        when there are at most this many (0: never).
       synthetic_videos, synthetic_frames, synthetic_size, synthetic_seed: the
         synthetic set to write.
     """
@@ -81,10 +84,19 @@ def _videos(
     return source
 
 
+def _images(spec: DataSpec, path: str) -> Source:
+    source = images.ImageFolderSource(path)
+    if len(source) <= spec.check_videos:
+        source.check()
+    return source
+
+
 def _tfds(spec: DataSpec, path: str) -> Source:
     del path  # a TFDS dataset is named, not found
-    split = spec.tfds_split or "train"
-    return sources.TfdsSource(spec.tfds_name, spec.tfds_data_dir or None, split)
+    split, data_dir = spec.tfds_split or "train", spec.tfds_data_dir or None
+    if images.tfds_has_images(spec.tfds_name, data_dir):
+        return images.TfdsImageSource(spec.tfds_name, data_dir, split)
+    return sources.TfdsSource(spec.tfds_name, data_dir, split)
 
 
 _OPENERS: dict[str, Callable[[DataSpec, str], Source]] = {
@@ -92,6 +104,7 @@ _OPENERS: dict[str, Callable[[DataSpec, str], Source]] = {
     "frames": lambda spec, path: sources.FrameFolderSource(path),
     "array_record": lambda spec, path: sources.ArrayRecordSource(path),
     "tfds": _tfds,
+    "images": _images,
 }
 FORMATS = ("", *_OPENERS, "synthetic")  # "": inferred from data.path
 

@@ -17,10 +17,26 @@ from siammae_jax.models import definition
 from siammae_jax.train import mesh as mesh_lib
 from siammae_jax.train import optim
 
+PAIRS = ("frames", "crops")  # data.pairs: two frames of a video, two crops of one
 
-def sampler(config: ml_collections.ConfigDict) -> pairs.PairSampler:
+
+def sampler(
+    config: ml_collections.ConfigDict,
+) -> pairs.PairSampler | pairs.CropSampler:
     """The pair sampler of ``config.data`` (validates its fields)."""
     d = config.data
+    kind = d.get("pairs", "frames")  # configs saved before data.pairs: frames
+    if kind not in PAIRS:
+        raise ValueError(
+            f"bad config: data.pairs={kind!r} must be one of {', '.join(PAIRS)}."
+        )
+    if kind == "crops":
+        return _crop_sampler(config)
+    if d.format == "images":
+        raise ValueError(
+            "bad config: data.format=images holds still images, which have no "
+            "second frame: set data.pairs=crops."
+        )
     try:
         return pairs.PairSampler(
             size=config.model.image_size,
@@ -29,6 +45,22 @@ def sampler(config: ml_collections.ConfigDict) -> pairs.PairSampler:
             ref_fps=d.ref_fps,
             scale=tuple(d.scale),
             ratio=tuple(d.ratio),
+            flip=d.flip,
+            repeats=d.repeats,
+        )
+    except ValueError as e:
+        raise ValueError(f"config.data: {e}") from None
+
+
+def _crop_sampler(config: ml_collections.ConfigDict) -> pairs.CropSampler:
+    d = config.data
+    try:
+        return pairs.CropSampler(
+            size=config.model.image_size,
+            scale=tuple(d.scale),
+            ratio=tuple(d.ratio),
+            local_scale=tuple(d.local_scale),
+            local_ratio=tuple(d.local_ratio),
             flip=d.flip,
             repeats=d.repeats,
         )
@@ -89,6 +121,10 @@ def validate(
         (
             config.data.format != "tfds" or bool(config.data.get("tfds_name")),
             "data.format=tfds needs data.tfds_name (e.g. video_folder)",
+        ),
+        (
+            config.data.format != "images" or bool(config.data.path),
+            "data.format=images needs data.path (a folder of images)",
         ),
         (
             config.data.get("check_videos", 0) >= 0,
