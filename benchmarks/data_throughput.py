@@ -2,7 +2,7 @@
 and array_record, and the cost of the video files' frame index.
 
 Usage: python benchmarks/data_throughput.py [--videos 16] [--frames 60]
-    [--seconds 4] [--workdir DIR] [--kinds avi_mpeg4,mkv_h264,...]
+    [--seconds 4] [--workdir DIR] [--kinds avi_mpeg4,mkv_h264,...] [--kinds_only]
 
 Renders ``--videos`` synthetic videos (``siammae_jax.data.synthetic``) at 256p
 (256x448) and writes them as H.264 mp4 at two GOP lengths (30 and the
@@ -25,6 +25,13 @@ source, with ``PairSampler(size=224, repeats=2)``:
   grain's global shuffle costs ~6 ms per record on a 4-record data set and
   ~2 ms on 16, but ~0.03 ms from 1000 records on, so a literal 16-video data
   set would charge the pipeline a cost that real data sets do not have.
+
+``--kinds_only`` writes and measures only the containers of ``--kinds`` (no
+mp4s, frame folders or packings), e.g. ``--kinds m1v_mpeg1 --kinds_only
+--frames 300 --warm`` for random access into a raw MPEG-1 elementary stream;
+``--warm`` also measures ``map`` with the frame indexes and what seeking
+learnt kept between draws (rows ``NAME (warm)``), as in a training process
+after its first draws.
 
 Prints a JSON result and a markdown table. Pipeline figures are totals, not per
 core: with 2 workers on a 2-core machine they compete with the main process.
@@ -62,6 +69,8 @@ KINDS = {
                                                 "cpu-used": "8"}),
     "mpg_mpeg2": (".mpg", "mpeg2video", "mpeg", {"qscale": "3"}),
     "ts_mpeg2": (".ts", "mpeg2video", "mpegts", {"qscale": "3"}),
+    # A raw elementary stream: no container, no index to seek by time.
+    "m1v_mpeg1": (".m1v", "mpeg1video", "mpeg1video", {"qscale": "3"}),
 }  # fmt: skip
 KIND_GOP = 30
 
@@ -88,11 +97,16 @@ def write_kind(path: Path, frames: np.ndarray, kind: str) -> None:
         container.mux(stream.encode())
 
 
-def make_data(workdir: Path, videos: int, frames: int, size, gops, kinds) -> dict:
-    """Writes every source format under ``workdir``; returns their paths and sizes."""
+def make_data(
+    workdir: Path, videos: int, frames: int, size, gops, kinds, only_kinds=False
+) -> dict:
+    """Writes every source format under ``workdir`` (``only_kinds``: the
+    containers of ``kinds`` alone); returns their paths."""
     paths = {f"mp4_gop{g}": workdir / f"mp4_gop{g}" for g in gops}
     paths.update({kind: workdir / kind for kind in kinds})
     paths["frames"] = workdir / "frames"
+    if only_kinds:
+        gops, paths = [], {kind: paths[kind] for kind in kinds}
     for p in paths.values():
         p.mkdir(parents=True, exist_ok=True)
     for index in range(videos):
@@ -102,12 +116,16 @@ def make_data(workdir: Path, videos: int, frames: int, size, gops, kinds) -> dic
         for kind in kinds:
             file = paths[kind] / f"{video.name}{KINDS[kind][0]}"
             write_kind(file, video.frames, kind)
+        if only_kinds:
+            continue
         folder = paths["frames"] / video.name
         folder.mkdir(exist_ok=True)
         for t, frame in enumerate(video.frames):
             Image.fromarray(frame).save(
                 folder / f"{t:05d}.jpg", format="JPEG", quality=JPEG_QUALITY
             )
+    if only_kinds:
+        return paths
     paths["array_record"] = workdir / "array_record"
     paths["tfds"] = workdir / "tfds"
     return paths
@@ -179,18 +197,23 @@ class Tiled:
         return f"Tiled({self.source!r}, {self.length})"
 
 
-def map_rate(source, sampler: pairs.PairSampler, seconds: float) -> dict:
+def map_rate(
+    source, sampler: pairs.PairSampler, seconds: float, warm: bool = False
+) -> dict:
     """Pairs/s of ``sampler(source[i], rng)`` in this process (one core).
 
-    Video files build their frame index for every video (cold cache).
+    Video files build their frame index for every video (cold cache), or with
+    ``warm`` keep the indexes and what seeking learnt per file (files whose
+    seeks failed are read from the start), as one training process does.
     """
     sampler(source[0], np.random.default_rng(0))  # warm-up (imports, caches)
     count, k, decoded, restarts = 0, 0, 0, 0
     cpu, start = time.process_time(), time.perf_counter()
     while time.perf_counter() - start < seconds or k < len(source):
-        video_file._INDEX_CACHE.clear()  # (and what seeking learnt per file)
-        video_file._UNRELIABLE_SEEKS.clear()
-        video_file._SEEK_BY_DTS.clear()
+        if not warm:
+            video_file._INDEX_CACHE.clear()  # (and what seeking learnt per file)
+            video_file._UNRELIABLE_SEEKS.clear()
+            video_file._SEEK_BY_DTS.clear()
         video = source[k % len(source)]
         count += len(sampler(video, np.random.default_rng(k))["frames"])
         decoded += getattr(video, "frames_decoded", 0)  # video files: seek cost
@@ -301,6 +324,8 @@ def main() -> None:
     p.add_argument(
         "--kinds", default=",".join(KINDS), help="other containers ('' for none)"
     )
+    p.add_argument("--kinds_only", action="store_true", help="measure only the --kinds")
+    p.add_argument("--warm", action="store_true", help="also map with warm caches")
     args = p.parse_args()
     flags.FLAGS.mark_as_parsed()  # grain workers read absl flags
     size = tuple(int(s) for s in args.size.split("x"))
@@ -315,9 +340,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.workdir or Path(tmp)
         start = time.perf_counter()
-        paths = make_data(workdir, args.videos, args.frames, size, gops, kinds)
-        prep = prepare_both(paths, gops, args.prep_workers)
-        print(table_prep(prep, args.videos, args.prep_workers), flush=True)
+        paths = make_data(
+            workdir, args.videos, args.frames, size, gops, kinds, args.kinds_only
+        )
+        prep = {}
+        if not args.kinds_only:
+            prep = prepare_both(paths, gops, args.prep_workers)
+            print(table_prep(prep, args.videos, args.prep_workers), flush=True)
         setup_s = time.perf_counter() - start
         result = {
             "config": dict(
@@ -355,6 +384,11 @@ def main() -> None:
                 )
             result["sources"][name] = r
             print(name, json.dumps(r), flush=True)
+            if args.warm and isinstance(source, sources.VideoFolderSource):
+                warm = {"stored": r["stored"]}
+                warm["map"] = map_rate(source, sampler, args.seconds, warm=True)
+                result["sources"][f"{name} (warm)"] = warm
+                print(name, "(warm)", json.dumps(warm), flush=True)
     result["total_s"] = round(time.perf_counter() - start, 1)
     print(json.dumps(result, indent=2))
     print(table(result))

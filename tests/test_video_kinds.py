@@ -230,6 +230,32 @@ def test_the_best_video_stream_is_read_never_a_still_or_cover_art(with_still):
     np.testing.assert_array_equal(frames, _decode_stream(still_first, 1)[:5])
 
 
+RAW_STREAMS = {  # name -> codec, FFmpeg muxer, encoder options (GOP 12)
+    "mpeg1.m1v": ("mpeg1video", "mpeg1video", {"g": "12"}),
+    "mpeg2_bframes.m2v": ("mpeg2video", "mpeg2video", {"g": "12", "bf": "2"}),
+    "mpeg4_bframes.m4v": ("mpeg4", "m4v", {"g": "12", "bf": "1"}),
+}
+
+
+@pytest.mark.parametrize("name", RAW_STREAMS)
+def test_raw_elementary_streams_are_read_from_keyframe_offsets(tmp_path, name):
+    """No container: each read starts at its keyframe's byte offset, not at
+    the first frame (the demuxers' own seeks give other timestamps)."""
+    codec, muxer, options = RAW_STREAMS[name]
+    path = video_kinds._write(tmp_path / name, codec, 25, format=muxer,
+                              options=options, bit_rate=4_000_000)  # fmt: skip
+    expected = video_kinds.decode_all(path)
+    assert [frame_number(f) for f in expected] == list(range(NUM_FRAMES))
+    video = VideoFile(path)
+    assert video.index.pos.size == NUM_FRAMES
+    assert video.index.keyframe_pos.tolist()[:1] == [0]
+    for i in np.random.default_rng(1).permutation(NUM_FRAMES):
+        np.testing.assert_array_equal(video.read([i])[0], expected[i], err_msg=str(i))
+        assert video.restarts == 0 and video.frames_decoded <= 12 + 3, i
+    np.testing.assert_array_equal(video.read([37, 3, 20]), expected[[37, 3, 20]])
+    assert video.frames_decoded <= 3 * (12 + 3)
+
+
 def test_frame_index_is_cached_in_memory_and_in_sidecars(kinds, tmp_path, monkeypatch):
     path = kinds["mkv_h264"]
     built = VideoFile(path, index_dir=str(tmp_path)).index

@@ -4,9 +4,11 @@ Frame ``i`` of a file is the ``i``-th frame that decoding it from the start
 gives. :class:`FrameIndex` finds every frame's timestamp and the keyframes by
 demuxing the packets once (no decoding), measures the frame rate, and spots
 truncated or damaged files; :class:`VideoFile` uses it to seek to the
-keyframe before each wanted frame and recognise frames by timestamp, falling
-back to decoding from the start for containers whose seeks do not land where
-the index says (counted in ``VideoFile.restarts``). :func:`probe_video` tells
+keyframe before each wanted frame and recognise frames by timestamp (raw
+elementary streams, which have no timestamps to seek by, by the keyframe's
+byte offset and each frame's), falling back to decoding from the start for
+containers whose seeks do not land where the index says (counted in
+``VideoFile.restarts``). :func:`probe_video` tells
 videos from other files, :func:`find_videos` the videos under a folder.
 """
 
@@ -17,6 +19,7 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
+import io
 import json
 import os
 from collections.abc import Iterator, Sequence
@@ -60,6 +63,9 @@ _IMAGE_FORMATS = ("image2", "image2pipe", "apng", "gif", "webp", "tiff", "ico")
 _EXACT_COUNT_FORMATS = ("mov", "mp4")
 # Keyframe-seeks that may land late before a read restarts from the beginning.
 _MAX_LATE_SEEKS = 3
+# Raw elementary streams (FFmpeg's demuxer names) read from a keyframe's byte
+# offset: their demuxers seek by guessing, and timestamps differ after a seek.
+_RAW_STREAM_FORMATS = ("mpegvideo", "m4v")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +106,11 @@ class FrameIndex:
       stream: the index of the video stream read (among all the file's
         streams).
       packed: the stream holds packed B-frames (timestamps from decoding).
+      pos: int64 ``[num_frames]``, the byte offset of frame ``i``'s packet in
+        a raw elementary stream (:data:`_RAW_STREAM_FORMATS`), read from its
+        keyframe's offset; empty for other files.
+      keyframe_pos: int64, the byte offsets of the keyframe packets (aligned
+        with ``keyframes``; empty with ``pos``).
     """
 
     pts: np.ndarray
@@ -113,6 +124,8 @@ class FrameIndex:
     format: str
     stream: int
     packed: bool
+    pos: np.ndarray
+    keyframe_pos: np.ndarray
 
     @classmethod
     def build(cls, path: str, container: av.container.InputContainer) -> FrameIndex:
@@ -128,15 +141,17 @@ class FrameIndex:
         stream = best_stream(path, container)
         pts: list[int | None] = []
         keyframes = []
+        offsets = []  # byte offset of each packet
         packed = False
         mpeg4 = stream.codec_context.name == "mpeg4"
         for packet in container.demux(stream):
             if not packet.size or packet.is_discard:
                 continue  # The end-of-stream packet, or no picture.
             pts.append(packet.pts)
+            offsets.append(packet.pos)
             if packet.is_keyframe and packet.pts is not None:
                 dts = packet.pts if packet.dts is None else packet.dts
-                keyframes.append((packet.pts, dts))
+                keyframes.append((packet.pts, dts, packet.pos))
             packed = packed or (mpeg4 and _packed_bframes(bytes(packet)))
         if packed:
             pts = _decoded_timestamps(container, stream)
@@ -168,10 +183,18 @@ class FrameIndex:
         if seekable:
             _check_duration(path, container, stream, ordered, time_base, fps)
         keyframes = sorted(set(keyframes))
+        by_bytes = (
+            seekable
+            and not packed
+            and name in _RAW_STREAM_FORMATS
+            and min(offsets) >= 0
+            and len(set(offsets)) == len(offsets)
+        )
+        offset_of = dict(zip(pts, offsets, strict=True)) if by_bytes else {}
         return cls(
             pts=in_frame_order if seekable else ordered,
-            keyframes=np.asarray([k for k, _ in keyframes], np.int64),
-            keyframe_dts=np.asarray([d for _, d in keyframes], np.int64),
+            keyframes=np.asarray([k for k, *_ in keyframes], np.int64),
+            keyframe_dts=np.asarray([d for _, d, _ in keyframes], np.int64),
             time_base=f"{time_base.numerator}/{time_base.denominator}",
             num_frames=len(pts),
             fps=fps,
@@ -180,6 +203,12 @@ class FrameIndex:
             format=name,
             stream=stream.index,
             packed=packed,
+            pos=np.asarray([offset_of[p] for p in ordered.tolist()], np.int64)
+            if by_bytes
+            else np.zeros(0, np.int64),
+            keyframe_pos=np.asarray([o for *_, o in keyframes], np.int64)
+            if by_bytes
+            else np.zeros(0, np.int64),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -189,6 +218,8 @@ class FrameIndex:
             "pts": self.pts.tolist(),
             "keyframes": self.keyframes.tolist(),
             "keyframe_dts": self.keyframe_dts.tolist(),
+            "pos": self.pos.tolist(),
+            "keyframe_pos": self.keyframe_pos.tolist(),
         }
 
     @classmethod
@@ -197,7 +228,7 @@ class FrameIndex:
             raise ValueError(f"frame index version {data.get('version')!r}")
         fields = {f.name: data[f.name] for f in dataclasses.fields(cls)}
         fields["pts"] = np.asarray(fields["pts"], np.int64)
-        for name in ("keyframes", "keyframe_dts"):
+        for name in ("keyframes", "keyframe_dts", "pos", "keyframe_pos"):
             fields[name] = np.asarray(fields[name], np.int64)
         return cls(**fields)
 
@@ -285,7 +316,7 @@ def _check_duration(path, container, stream, pts, time_base, fps) -> None:
 
 # Frames must cover this share of the declared duration (see _check_duration).
 _MIN_COVERED = 0.8
-FRAME_INDEX_VERSION = 2
+FRAME_INDEX_VERSION = 3
 # Frame indexes kept in memory per process: {(path, size, mtime): FrameIndex}.
 # An index is ~16 bytes per frame (a 10-s clip: ~5 kB).
 _INDEX_CACHE: collections.OrderedDict = collections.OrderedDict()
@@ -308,6 +339,31 @@ def _file_key(path: str) -> tuple:
 def _sidecar(index_dir: str, key: tuple) -> epath.Path:
     digest = hashlib.sha1(repr(key).encode()).hexdigest()[:20]
     return epath.Path(index_dir) / f"{digest}.frameindex.json"
+
+
+class _Tail(io.RawIOBase):
+    """A binary file seen from byte ``offset`` on (a file that begins there)."""
+
+    def __init__(self, file, offset: int):
+        self._file, self._offset = file, offset
+        file.seek(offset)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        return self._file.readinto(buffer)
+
+    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_SET:
+            pos += self._offset
+        return self._file.seek(pos, whence) - self._offset
+
+    def tell(self) -> int:
+        return self._file.tell() - self._offset
 
 
 class VideoFile(Video):
@@ -355,6 +411,7 @@ class VideoFile(Video):
         self.fps = self._index.fps
         self._position = {int(p): i for i, p in enumerate(self._index.pts)}
         self._keyframe_set = set(self._index.keyframes.tolist())
+        self._at_byte = {int(p): i for i, p in enumerate(self._index.pos)}
 
     @property
     def index(self) -> FrameIndex:
@@ -388,10 +445,19 @@ class VideoFile(Video):
         return index
 
     @contextlib.contextmanager
-    def _open(self) -> Iterator[av.container.InputContainer]:
-        """The open container (local files by name, others as file objects)."""
+    def _open(self, offset: int = 0) -> Iterator[av.container.InputContainer]:
+        """The open container (local files by name, others as file objects).
+
+        ``offset`` > 0: a raw elementary stream opened at that byte, as if the
+        file began there.
+        """
         path = epath.Path(self.path)
-        if _is_local(path):
+        if offset:
+            file = open(self.path, "rb") if _is_local(path) else path.open("rb")
+            tail = _Tail(file, offset)
+            with file, av.open(tail, "r", format=self._index.format) as container:
+                yield container
+        elif _is_local(path):
             with av.open(self.path, "r") as container:
                 yield container
         else:
@@ -406,7 +472,10 @@ class VideoFile(Video):
         pending = sorted(set(wanted))
         try:
             if self._index.seekable and self._key not in _UNRELIABLE_SEEKS:
-                self._seek_and_decode(pending, out)
+                if self._at_byte:
+                    self._read_from_offsets(pending, out)
+                else:
+                    self._seek_and_decode(pending, out)
             if pending:
                 self.restarts += 1
                 self._decode_from_start(pending, out)
@@ -510,6 +579,53 @@ class VideoFile(Video):
                 pending.pop(0)
                 if not pending:
                     return "done"
+        return "lost"
+
+    def _read_from_offsets(self, pending: list[int], out: dict) -> None:
+        """Decodes ``pending`` (sorted; emptied as frames arrive) in a raw
+        elementary stream from the byte offsets of its keyframes.
+
+        The file is opened at the offset of the keyframe before the first
+        pending frame, as if it began there. Each packet is stamped with its
+        offset in the whole file, which the decoder hands on to the picture
+        decoded from it, so each frame is recognised by its packet's offset.
+        Returns with frames still pending (and the file read from the start
+        from then on) when a frame does not come where the index says.
+        """
+        index = self._index
+        while pending:
+            key = index.keyframe_before(pending[0])
+            offset = int(index.keyframe_pos[key]) if key >= 0 else 0
+            if self._decode_from_offset(offset, pending, out) == "lost":
+                _UNRELIABLE_SEEKS.add(self._key)
+                return
+
+    def _decode_from_offset(self, offset: int, pending: list[int], out: dict) -> str:
+        """Decodes from byte ``offset`` on; ``"done"``, ``"jump"`` (the
+        keyframe before ``pending[0]`` lies further on) or ``"lost"``."""
+        index = self._index
+        with self._open(offset) as container:
+            stream = container.streams.video[0]  # (raw: the only stream)
+            for packet in container.demux(stream):
+                if packet.size:
+                    if packet.pos < 0:
+                        return "lost"
+                    packet.pts = packet.dts = offset + packet.pos
+                    before = index.keyframe_before(pending[0])
+                    ahead = before >= 0 and index.keyframe_pos[before] > packet.pts
+                    if packet.is_keyframe and ahead:
+                        return "jump"
+                for frame in packet.decode():
+                    self.frames_decoded += 1
+                    number = self._at_byte.get(frame.pts)
+                    if number is None or number > pending[0]:
+                        return "lost"
+                    if number < pending[0]:
+                        continue
+                    out[number] = frame.to_ndarray(format="rgb24")
+                    pending.pop(0)
+                    if not pending:
+                        return "done"
         return "lost"
 
     def _decode_from_start(self, pending: list[int], out: dict) -> None:
