@@ -540,3 +540,14 @@ def test_training_on_an_image_folder(tmp_path, image_tree):
     listing = (tmp_path / "skipped_videos.txt").read_text().splitlines()
     assert listing[0] == "# images: 11 files, 6 usable, 5 skipped: path<TAB>reason"
     assert (tmp_path / "checkpoints" / "4").exists()
+
+
+def test_model_card_says_what_a_pair_was(tmp_path):
+    from siammae_jax.weights import checkpoints
+
+    step = tmp_path / "checkpoints" / "4"
+    step.mkdir(parents=True)
+    crops = {"path": str(tmp_path), "format": "images", "pairs": "crops"}
+    assert checkpoints.describe(step, {"data": crops})["data"]["pairs"] == "crops"
+    older = {"path": str(tmp_path), "format": ""}  # saved before data.pairs
+    assert checkpoints.describe(step, {"data": older})["data"]["pairs"] == "frames"

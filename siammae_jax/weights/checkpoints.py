@@ -104,7 +104,10 @@ def describe(step_dir: epath.Path, config: dict[str, Any]) -> dict[str, Any]:
     data = config.get("data", {})
     info: dict[str, Any] = {
         "step": int(step_dir.name) if step_dir.name.isdigit() else None,
-        "data": {k: data.get(k) for k in ("path", "format")},
+        "data": {
+            **{k: data.get(k) for k in ("path", "format")},
+            "pairs": data.get("pairs", "frames"),  # frames: saved before pairs
+        },
         "batch_size": config.get("batch_size"),
         "checkpoint": str(step_dir),
     }
