@@ -226,6 +226,16 @@ def test_the_best_video_stream_is_read_never_a_still_or_cover_art(with_still):
     # prepare (and the TFDS builder: the same encode_video) and eval attention.
     jpegs, meta = encode.encode_video(still_first, "video", None, 90)
     assert (len(jpegs), meta["stream"]) == (NUM_FRAMES, 1)
+    out = Path(still_first).parent / "packed"
+    prepare.prepare(Path(still_first).parent, out, short_side=None, progress=False)
+    (shard,) = json.loads((out / "manifest.json").read_text())["shards"].values()
+    assert shard["videos"] == ["cover.mp4", "still_first.mkv"]
+    assert shard["streams"] == [0, 1] and shard["num_frames"] == [NUM_FRAMES] * 2
+    packed = sources.ArrayRecordSource(out)
+    assert [packed[i].meta["stream"] for i in range(2)] == [0, 1]
+    for i in range(2):
+        numbers = [frame_number(f) for f in packed[i].read(range(NUM_FRAMES))]
+        assert numbers == list(range(NUM_FRAMES))
     frames = attention.read_frames(still_first, max_frames=5)
     np.testing.assert_array_equal(frames, _decode_stream(still_first, 1)[:5])
 

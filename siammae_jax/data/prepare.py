@@ -17,7 +17,10 @@ with :class:`siammae_jax.data.sources.ArrayRecordSource`.
 
 Videos are packed in parallel worker processes; the main process writes each
 shard to ``<shard>.tmp`` and renames it when complete, then records it in
-``manifest.json`` (written atomically too). Re-running skips the shards the
+``manifest.json`` (written atomically too; per shard, the ``videos``
+packed with their ``num_frames`` and ``streams``: the index of the video
+stream read in each file, FFmpeg's best and never cover art, also stored in
+each record as ``stream``). Re-running skips the shards the
 manifest lists as complete, so a crashed run resumes where it stopped. Bad
 videos, and files that are not videos, are skipped; their paths and reasons go
 to the manifest (``skipped``; the latter also under ``not_videos``) and the
@@ -170,7 +173,8 @@ def _write_shards(
     for name, shard_tasks in shards:
         tmp = out / (name + TMP_SUFFIX)
         writer = ArrayRecordWriter(str(tmp), WRITER_OPTIONS)
-        entry = {"packed": 0, "videos": [], "num_frames": [], "skipped": []}
+        entry = {"packed": 0, "videos": [], "num_frames": [], "streams": []}
+        entry["skipped"] = []
         for task in shard_tasks:
             record, reason = next(results)
             if record is None:
@@ -181,7 +185,9 @@ def _write_shards(
                 writer.write(record)
                 entry["packed"] += 1
                 entry["videos"].append(task[2])
-                entry["num_frames"].append(msgpack.unpackb(record)["num_frames"])
+                meta = msgpack.unpackb(record)
+                entry["num_frames"].append(meta["num_frames"])
+                entry["streams"].append(meta.get("stream"))  # frame folders: None
             bar.update()
         writer.close()
         tmp.replace(out / name)
