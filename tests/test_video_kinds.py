@@ -266,6 +266,26 @@ def test_raw_elementary_streams_are_read_from_keyframe_offsets(tmp_path, name):
     assert video.frames_decoded <= 3 * (12 + 3)
 
 
+def test_a_raw_stream_with_its_headers_only_at_the_start_is_read_from_it(tmp_path):
+    """Opened at a later keyframe, an MPEG-4 stream without its VOL header
+    cannot be decoded: the read falls back to decoding from the first frame."""
+    path = video_kinds._write(tmp_path / "clip.m4v", "mpeg4", 25, format="m4v",
+                              options={"g": "12"}, bit_rate=4_000_000)  # fmt: skip
+    with av.open(path) as container:
+        packets = [(bytes(p), p.is_keyframe) for p in container.demux(video=0)]
+    vop = b"\x00\x00\x01\xb6"
+    stripped = [data[data.index(vop) :] if key else data for data, key in packets[1:]]
+    assert packets[12][1] and len(stripped[11]) < len(packets[12][0])  # headers cut
+    headers_once = tmp_path / "headers_once.m4v"
+    headers_once.write_bytes(packets[0][0] + b"".join(stripped))
+    expected = video_kinds.decode_all(str(headers_once))
+    assert [frame_number(f) for f in expected] == list(range(NUM_FRAMES))
+    video = VideoFile(headers_once)
+    for i in (30, 5, 39, 12):
+        np.testing.assert_array_equal(video.read([i])[0], expected[i], err_msg=str(i))
+    assert video.restarts == 4  # the first failure marks the file for good
+
+
 def test_frame_index_is_cached_in_memory_and_in_sidecars(kinds, tmp_path, monkeypatch):
     path = kinds["mkv_h264"]
     built = VideoFile(path, index_dir=str(tmp_path)).index

@@ -28,6 +28,7 @@ from typing import Any
 
 import av
 import numpy as np
+from absl import logging
 from etils import epath
 
 from siammae_jax.data.video import (
@@ -590,13 +591,21 @@ class VideoFile(Video):
         offset in the whole file, which the decoder hands on to the picture
         decoded from it, so each frame is recognised by its packet's offset.
         Returns with frames still pending (and the file read from the start
-        from then on) when a frame does not come where the index says.
+        from then on) when a frame does not come where the index says, or the
+        stream cannot be opened or decoded from there (its headers, such as
+        MPEG-4's VOL, only at the start of the file).
         """
         index = self._index
         while pending:
             key = index.keyframe_before(pending[0])
             offset = int(index.keyframe_pos[key]) if key >= 0 else 0
-            if self._decode_from_offset(offset, pending, out) == "lost":
+            try:
+                result = self._decode_from_offset(offset, pending, out)
+            except (av.error.FFmpegError, ValueError) as e:
+                logging.info("%s: reading from byte %d failed (%s); decoding "
+                             "from the start", self.path, offset, _reason(e))  # fmt: skip
+                result = "lost"
+            if result == "lost":
                 _UNRELIABLE_SEEKS.add(self._key)
                 return
 
