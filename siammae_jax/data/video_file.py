@@ -155,7 +155,7 @@ class FrameIndex:
                 keyframes.append((packet.pts, dts, packet.pos))
             packed = packed or (mpeg4 and _packed_bframes(bytes(packet)))
         if packed:
-            pts = _decoded_timestamps(container, stream)
+            pts = _decoded_timestamps(path, container, stream, pts[0])
         if not pts:
             raise BadVideoError(path, "no frames")
         name = container.format.name
@@ -284,10 +284,26 @@ def _packed_bframes(data: bytes) -> bool:
     return second >= 0 and second + 4 < len(data) and not data[second + 4] & 0x40
 
 
-def _decoded_timestamps(container, stream) -> list[int | None]:
-    """Every frame's timestamp as decoding from the start gives it."""
+def _decoded_timestamps(path, container, stream, first) -> list[int | None]:
+    """Every frame's timestamp as decoding from the start gives it.
+
+    Raises:
+      BadVideoError: a seek back to the first packet (timestamp ``first``)
+        lands elsewhere.
+    """
     container.seek(0, backward=True, any_frame=False, stream=stream)
-    return [frame.pts for frame in container.decode(stream)]
+    stamps: list[int | None] = []
+    started = False
+    for packet in container.demux(stream):
+        if packet.size and not started and packet.pts != first:
+            raise BadVideoError(
+                path,
+                f"packed B-frames: seeking back to the first packet ({first}) "
+                f"gave the packet at {packet.pts}",
+            )
+        started = started or bool(packet.size)
+        stamps.extend(frame.pts for frame in packet.decode())
+    return stamps
 
 
 def _check_duration(path, container, stream, pts, time_base, fps) -> None:
