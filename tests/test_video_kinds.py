@@ -223,6 +223,11 @@ def test_the_best_video_stream_is_read_never_a_still_or_cover_art(with_still):
         assert (video.index.stream, video.num_frames) == (stream, NUM_FRAMES)
         np.testing.assert_array_equal(video.read([33, 2, 17]), expected[[33, 2, 17]])
         np.testing.assert_array_equal(np.stack(list(video.iter_frames())), expected)
+    # Training draws pairs from both with nothing skipped.
+    source = sources.VideoFolderSource(Path(still_first).parent, check=True)
+    sampler = pairs.PairSampler(size=16, min_gap=4, max_gap=16, repeats=2)
+    ds = pipeline.make_pipeline(source, batch_size=4, sampler=sampler, num_epochs=2)
+    assert [int(b["skipped"]) for b in ds] == [0, 0]
     # prepare (and the TFDS builder: the same encode_video) and eval attention.
     jpegs, meta = encode.encode_video(still_first, "video", None, 90)
     assert (len(jpegs), meta["stream"]) == (NUM_FRAMES, 1)
