@@ -1,7 +1,10 @@
 """Video sources: seeking equals sequential decoding, frame folders, bad input."""
 
 import fractions
+import pathlib
 import pickle
+import subprocess
+import sys
 
 import av
 import numpy as np
@@ -327,3 +330,23 @@ def test_a_folder_of_unusable_videos_is_refused_at_start_in_one_line(tmp_path):
     listing = (tmp_path / data_spec.SKIPPED_VIDEOS).read_text()
     assert f"{folder / 'one_frame.mp4'}\ttoo short: 1 frames" in listing
     assert pickle.loads(pickle.dumps(refused.value)).skipped == refused.value.skipped
+
+
+def test_training_refuses_a_folder_of_unusable_videos_in_one_line(tmp_path):
+    """`python -m siammae_jax.main` stops before building anything."""
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    write_video(folder / "one_frame.mp4", make_frames(1))
+    root = pathlib.Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, "-m", "siammae_jax.main",
+         "--config=siammae_jax/configs/siammae.py:tiny",
+         f"--config.data.path={folder}", f"--workdir={tmp_path / 'run'}"],
+        cwd=root, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: no usable video file under {folder} (videos: 1 ")
+    assert "too short: 1 frames" in last and "Traceback" not in proc.stderr
+    listing = (tmp_path / "run" / data_spec.SKIPPED_VIDEOS).read_text()
+    assert "one_frame.mp4\ttoo short: 1 frames" in listing
