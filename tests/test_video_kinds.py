@@ -245,10 +245,13 @@ def test_the_best_video_stream_is_read_never_a_still_or_cover_art(with_still):
     np.testing.assert_array_equal(frames, _decode_stream(still_first, 1)[:5])
 
 
+X264_GOP12_B2 = "keyint=12:min-keyint=12:scenecut=0:bframes=2:b-adapt=0"
 RAW_STREAMS = {  # name -> codec, FFmpeg muxer, encoder options (GOP 12)
     "mpeg1.m1v": ("mpeg1video", "mpeg1video", {"g": "12"}),
     "mpeg2_bframes.m2v": ("mpeg2video", "mpeg2video", {"g": "12", "bf": "2"}),
     "mpeg4_bframes.m4v": ("mpeg4", "m4v", {"g": "12", "bf": "1"}),
+    # No timestamps at all: the frames' order comes from decoding once.
+    "h264_bframes.h264": ("libx264", "h264", {"x264-params": X264_GOP12_B2}),
 }
 
 

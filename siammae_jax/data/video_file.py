@@ -22,7 +22,7 @@ import hashlib
 import io
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from fractions import Fraction
 from typing import Any
 
@@ -66,7 +66,7 @@ _EXACT_COUNT_FORMATS = ("mov", "mp4")
 _MAX_LATE_SEEKS = 3
 # Raw elementary streams (FFmpeg's demuxer names) read from a keyframe's byte
 # offset: their demuxers seek by guessing, and timestamps differ after a seek.
-_RAW_STREAM_FORMATS = ("mpegvideo", "m4v")
+_RAW_STREAM_FORMATS = ("mpegvideo", "m4v", "h264")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,8 +110,8 @@ class FrameIndex:
       pos: int64 ``[num_frames]``, the byte offset of frame ``i``'s packet in
         a raw elementary stream (:data:`_RAW_STREAM_FORMATS`), read from its
         keyframe's offset; empty for other files.
-      keyframe_pos: int64, the byte offsets of the keyframe packets (aligned
-        with ``keyframes``; empty with ``pos``).
+      keyframe_pos: int64 ascending, the byte offsets of the keyframe packets
+        of a raw elementary stream (empty with ``pos``).
     """
 
     pts: np.ndarray
@@ -129,11 +129,18 @@ class FrameIndex:
     keyframe_pos: np.ndarray
 
     @classmethod
-    def build(cls, path: str, container: av.container.InputContainer) -> FrameIndex:
+    def build(
+        cls,
+        path: str,
+        container: av.container.InputContainer,
+        reopen: Callable[[], contextlib.AbstractContextManager],
+    ) -> FrameIndex:
         """Demuxes every packet of the best video stream once.
 
         Packed B-frames (MPEG-4 part 2) are decoded once as well, for the
-        timestamps the decoder gives.
+        timestamps the decoder gives, and so are raw elementary streams without
+        timestamps (H.264), for the order of the frames (:func:`_byte_offsets`):
+        ``reopen()`` opens the file again for that.
 
         Raises:
           BadVideoError: no video stream, no frames, fewer frames than an exact
@@ -142,7 +149,7 @@ class FrameIndex:
         stream = best_stream(path, container)
         pts: list[int | None] = []
         keyframes = []
-        offsets = []  # byte offset of each packet
+        offsets, key_offsets = [], []  # byte offsets of the packets, keyframes
         packed = False
         mpeg4 = stream.codec_context.name == "mpeg4"
         for packet in container.demux(stream):
@@ -150,12 +157,14 @@ class FrameIndex:
                 continue  # The end-of-stream packet, or no picture.
             pts.append(packet.pts)
             offsets.append(packet.pos)
+            if packet.is_keyframe:
+                key_offsets.append(packet.pos)
             if packet.is_keyframe and packet.pts is not None:
                 dts = packet.pts if packet.dts is None else packet.dts
-                keyframes.append((packet.pts, dts, packet.pos))
+                keyframes.append((packet.pts, dts))
             packed = packed or (mpeg4 and _packed_bframes(bytes(packet)))
         if packed:
-            pts = _decoded_timestamps(path, container, stream, pts[0])
+            pts = _decoded_stamps(reopen, stream.index)
         if not pts:
             raise BadVideoError(path, "no frames")
         name = container.format.name
@@ -184,18 +193,14 @@ class FrameIndex:
         if seekable:
             _check_duration(path, container, stream, ordered, time_base, fps)
         keyframes = sorted(set(keyframes))
-        by_bytes = (
-            seekable
-            and not packed
-            and name in _RAW_STREAM_FORMATS
-            and min(offsets) >= 0
-            and len(set(offsets)) == len(offsets)
-        )
-        offset_of = dict(zip(pts, offsets, strict=True)) if by_bytes else {}
+        pos = key_pos = np.zeros(0, np.int64)
+        if name in _RAW_STREAM_FORMATS and not packed:
+            packets = (pts, offsets, key_offsets)
+            pos, key_pos = _byte_offsets(reopen, stream.index, packets, seekable)
         return cls(
             pts=in_frame_order if seekable else ordered,
-            keyframes=np.asarray([k for k, *_ in keyframes], np.int64),
-            keyframe_dts=np.asarray([d for _, d, _ in keyframes], np.int64),
+            keyframes=np.asarray([k for k, _ in keyframes], np.int64),
+            keyframe_dts=np.asarray([d for _, d in keyframes], np.int64),
             time_base=f"{time_base.numerator}/{time_base.denominator}",
             num_frames=len(pts),
             fps=fps,
@@ -204,12 +209,8 @@ class FrameIndex:
             format=name,
             stream=stream.index,
             packed=packed,
-            pos=np.asarray([offset_of[p] for p in ordered.tolist()], np.int64)
-            if by_bytes
-            else np.zeros(0, np.int64),
-            keyframe_pos=np.asarray([o for *_, o in keyframes], np.int64)
-            if by_bytes
-            else np.zeros(0, np.int64),
+            pos=pos,
+            keyframe_pos=key_pos,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -235,16 +236,22 @@ class FrameIndex:
 
     @functools.cached_property
     def keyframe_frames(self) -> np.ndarray:
-        """int64: the frame number of each keyframe (-1: not a frame)."""
+        """int64: the frame number of each keyframe (of ``keyframe_pos`` in a
+        raw elementary stream, else of ``keyframes``; -1: not a frame)."""
+        if self.pos.size:
+            at = {int(p): i for i, p in enumerate(self.pos)}
+            return np.asarray([at.get(int(o), -1) for o in self.keyframe_pos])
         position = {int(p): i for i, p in enumerate(self.pts)}
         return np.asarray([position.get(int(k), -1) for k in self.keyframes])
 
     def keyframe_before(self, index: int) -> int:
-        """Which keyframe is the last at or before frame ``index`` (-1: none)."""
-        if not self.packed:
+        """Which keyframe is the last at or before frame ``index`` (-1: none);
+        an index into ``keyframe_pos`` for raw elementary streams, else into
+        ``keyframes``."""
+        if not self.packed and not self.pos.size:
             at = np.searchsorted(self.keyframes, self.pts[index], side="right")
             return int(at) - 1
-        # Packed B-frames: timestamps are out of frame order.
+        # Packed B-frames: timestamps out of frame order; raw: by byte offset.
         return int(np.searchsorted(self.keyframe_frames, index, side="right")) - 1
 
 
@@ -284,26 +291,43 @@ def _packed_bframes(data: bytes) -> bool:
     return second >= 0 and second + 4 < len(data) and not data[second + 4] & 0x40
 
 
-def _decoded_timestamps(path, container, stream, first) -> list[int | None]:
-    """Every frame's timestamp as decoding from the start gives it.
-
-    Raises:
-      BadVideoError: a seek back to the first packet (timestamp ``first``)
-        lands elsewhere.
-    """
-    container.seek(0, backward=True, any_frame=False, stream=stream)
+def _decoded_stamps(reopen, index: int, by_offset: bool = False) -> list[int | None]:
+    """Every frame's timestamp as decoding stream ``index`` of a freshly
+    opened file from the start gives it; with ``by_offset``, each packet is
+    stamped with its byte offset first, so the frames come out stamped with
+    their packets' offsets."""
     stamps: list[int | None] = []
-    started = False
-    for packet in container.demux(stream):
-        if packet.size and not started and packet.pts != first:
-            raise BadVideoError(
-                path,
-                f"packed B-frames: seeking back to the first packet ({first}) "
-                f"gave the packet at {packet.pts}",
-            )
-        started = started or bool(packet.size)
-        stamps.extend(frame.pts for frame in packet.decode())
+    with reopen() as container:
+        for packet in container.demux(container.streams[index]):
+            if by_offset and packet.size:
+                packet.pts = packet.dts = packet.pos
+            stamps.extend(frame.pts for frame in packet.decode())
     return stamps
+
+
+def _byte_offsets(reopen, index: int, packets: tuple, seekable: bool):
+    """A raw elementary stream's frame offsets and keyframe offsets.
+
+    ``packets`` holds the timestamps, byte offsets and keyframe offsets of
+    the packets in file order. With distinct timestamps, frame ``i``'s packet
+    is the one with the ``i``-th smallest; without (raw H.264), decoding once
+    with packets stamped by their offsets gives the frames' order. Returns
+    two empty arrays when offsets are missing or repeat, or when decoding
+    gives another count of frames than packets.
+    """
+    pts, offsets, key_offsets = packets
+    none = np.zeros(0, np.int64), np.zeros(0, np.int64)
+    if min(offsets) < 0 or len(set(offsets)) != len(offsets):
+        return none
+    if seekable:
+        order = [o for _, o in sorted(zip(pts, offsets, strict=True))]
+    else:
+        order = _decoded_stamps(reopen, index, by_offset=True)
+        if None in order or sorted(order) != sorted(offsets):
+            return none
+    frames = set(order)
+    keys = [o for o in key_offsets if o in frames]
+    return np.asarray(order, np.int64), np.asarray(keys, np.int64)
 
 
 def _check_duration(path, container, stream, pts, time_base, fps) -> None:
@@ -450,7 +474,7 @@ class VideoFile(Video):
                 index = None  # Stale or damaged: rebuilt below.
         if index is None:
             with self._open() as container:
-                index = FrameIndex.build(self.path, container)
+                index = FrameIndex.build(self.path, container, self._open)
             if sidecar is not None:
                 sidecar.parent.mkdir(parents=True, exist_ok=True)
                 tmp = sidecar.parent / f"{sidecar.name}.{os.getpid()}.tmp"
@@ -488,11 +512,11 @@ class VideoFile(Video):
         out: dict[int, np.ndarray] = {}
         pending = sorted(set(wanted))
         try:
-            if self._index.seekable and self._key not in _UNRELIABLE_SEEKS:
-                if self._at_byte:
-                    self._read_from_offsets(pending, out)
-                else:
-                    self._seek_and_decode(pending, out)
+            reliable = self._key not in _UNRELIABLE_SEEKS
+            if reliable and self._at_byte:
+                self._read_from_offsets(pending, out)
+            elif reliable and self._index.seekable:
+                self._seek_and_decode(pending, out)
             if pending:
                 self.restarts += 1
                 self._decode_from_start(pending, out)
