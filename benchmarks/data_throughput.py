@@ -69,8 +69,10 @@ KINDS = {
                                                 "cpu-used": "8"}),
     "mpg_mpeg2": (".mpg", "mpeg2video", "mpeg", {"qscale": "3"}),
     "ts_mpeg2": (".ts", "mpeg2video", "mpegts", {"qscale": "3"}),
-    # A raw elementary stream: no container, no index to seek by time.
+    # Raw elementary streams: no container, no index to seek by time (and
+    # H.264's has no timestamps at all).
     "m1v_mpeg1": (".m1v", "mpeg1video", "mpeg1video", {"qscale": "3"}),
+    "h264_raw": (".h264", "libx264", "h264", {"crf": str(CRF)}),
 }  # fmt: skip
 KIND_GOP = 30
 
@@ -89,7 +91,7 @@ def write_kind(path: Path, frames: np.ndarray, kind: str) -> None:
         stream.pix_fmt = "yuv420p"
         stream.codec_context.gop_size = KIND_GOP
         stream.options = dict(options)
-        if codec == "mpeg4" or codec == "mpeg2video":
+        if codec in ("mpeg4", "mpeg2video", "mpeg1video"):
             stream.codec_context.qscale = int(options["qscale"])
         for frame in frames:
             image = av.VideoFrame.from_ndarray(frame, format="rgb24")
