@@ -147,24 +147,9 @@ class FrameIndex:
             header count (a truncated file), or no frame rate.
         """
         stream = best_stream(path, container)
-        pts: list[int | None] = []
-        keyframes = []
-        offsets, key_offsets = [], []  # byte offsets of the packets, keyframes
-        packed = False
-        mpeg4 = stream.codec_context.name == "mpeg4"
-        for packet in container.demux(stream):
-            if not packet.size or packet.is_discard:
-                continue  # The end-of-stream packet, or no picture.
-            pts.append(packet.pts)
-            offsets.append(packet.pos)
-            if packet.is_keyframe:
-                key_offsets.append(packet.pos)
-            if packet.is_keyframe and packet.pts is not None:
-                dts = packet.pts if packet.dts is None else packet.dts
-                keyframes.append((packet.pts, dts))
-            packed = packed or (mpeg4 and _packed_bframes(bytes(packet)))
-        if packed:
-            pts = _decoded_stamps(reopen, stream.index)
+        packets = _Packets.demux(container, stream)
+        packed = packets.packed
+        pts = _decoded_stamps(reopen, stream.index) if packed else packets.pts
         if not pts:
             raise BadVideoError(path, "no frames")
         name = container.format.name
@@ -181,21 +166,12 @@ class FrameIndex:
         ordered = np.sort(np.asarray(known if seekable else [], np.int64))
         in_frame_order = np.asarray(known, np.int64) if packed else ordered
         time_base = Fraction(stream.time_base)
-        fps = 0.0
-        if seekable and len(ordered) > 1 and ordered[-1] > ordered[0]:
-            span = Fraction(int(ordered[-1] - ordered[0])) * time_base
-            fps = float((len(ordered) - 1) / span)
-        if not fps > 0:
-            rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-            fps = float(rate) if rate else 0.0
-        if not fps > 0:
-            raise BadVideoError(path, "unknown frame rate")
+        fps = _frame_rate(path, stream, ordered, time_base)
         if seekable:
             _check_duration(path, container, stream, ordered, time_base, fps)
-        keyframes = sorted(set(keyframes))
+        keyframes = sorted(set(packets.keyframes))
         pos = key_pos = np.zeros(0, np.int64)
         if name in _RAW_STREAM_FORMATS and not packed:
-            packets = (pts, offsets, key_offsets)
             pos, key_pos = _byte_offsets(reopen, stream.index, packets, seekable)
         return cls(
             pts=in_frame_order if seekable else ordered,
@@ -305,17 +281,16 @@ def _decoded_stamps(reopen, index: int, by_offset: bool = False) -> list[int | N
     return stamps
 
 
-def _byte_offsets(reopen, index: int, packets: tuple, seekable: bool):
+def _byte_offsets(reopen, index: int, packets: _Packets, seekable: bool):
     """A raw elementary stream's frame offsets and keyframe offsets.
 
-    ``packets`` holds the timestamps, byte offsets and keyframe offsets of
-    the packets in file order. With distinct timestamps, frame ``i``'s packet
-    is the one with the ``i``-th smallest; without (raw H.264), decoding once
+    With distinct timestamps, frame ``i``'s packet is the one with the
+    ``i``-th smallest; without (raw H.264), decoding stream ``index`` once
     with packets stamped by their offsets gives the frames' order. Returns
     two empty arrays when offsets are missing or repeat, or when decoding
     gives another count of frames than packets.
     """
-    pts, offsets, key_offsets = packets
+    pts, offsets, key_offsets = packets.pts, packets.offsets, packets.key_offsets
     none = np.zeros(0, np.int64), np.zeros(0, np.int64)
     if min(offsets) < 0 or len(set(offsets)) != len(offsets):
         return none
@@ -328,6 +303,62 @@ def _byte_offsets(reopen, index: int, packets: tuple, seekable: bool):
     frames = set(order)
     keys = [o for o in key_offsets if o in frames]
     return np.asarray(order, np.int64), np.asarray(keys, np.int64)
+
+
+@dataclasses.dataclass
+class _Packets:
+    """What one demuxing pass over a video stream finds, in file order.
+
+    Attributes:
+      pts: each packet's presentation timestamp (None: none).
+      offsets: each packet's byte offset in the file (-1: unknown).
+      key_offsets: the keyframe packets' byte offsets.
+      keyframes: ``(pts, dts)`` of the keyframe packets with a timestamp.
+      packed: an MPEG-4 part 2 packet holds packed B-frames.
+    """
+
+    pts: list[int | None]
+    offsets: list[int]
+    key_offsets: list[int]
+    keyframes: list[tuple[int, int]]
+    packed: bool
+
+    @classmethod
+    def demux(cls, container, stream) -> _Packets:
+        """Every packet of ``stream`` that carries a picture."""
+        out = cls([], [], [], [], False)
+        mpeg4 = stream.codec_context.name == "mpeg4"
+        for packet in container.demux(stream):
+            if not packet.size or packet.is_discard:
+                continue  # The end-of-stream packet, or no picture.
+            out.pts.append(packet.pts)
+            out.offsets.append(packet.pos)
+            if packet.is_keyframe:
+                out.key_offsets.append(packet.pos)
+            if packet.is_keyframe and packet.pts is not None:
+                dts = packet.pts if packet.dts is None else packet.dts
+                out.keyframes.append((packet.pts, dts))
+            out.packed = out.packed or (mpeg4 and _packed_bframes(bytes(packet)))
+        return out
+
+
+def _frame_rate(path, stream, ordered: np.ndarray, time_base: Fraction) -> float:
+    """``(n - 1)`` frames over the time between the first and last of the
+    ``n`` ascending timestamps ``ordered``, else the header's rate.
+
+    Raises:
+      BadVideoError: neither gives a rate.
+    """
+    fps = 0.0
+    if len(ordered) > 1 and ordered[-1] > ordered[0]:
+        span = Fraction(int(ordered[-1] - ordered[0])) * time_base
+        fps = float((len(ordered) - 1) / span)
+    if not fps > 0:
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        fps = float(rate) if rate else 0.0
+    if not fps > 0:
+        raise BadVideoError(path, "unknown frame rate")
+    return fps
 
 
 def _check_duration(path, container, stream, pts, time_base, fps) -> None:
