@@ -1,5 +1,6 @@
 """Video sources: seeking equals sequential decoding, frame folders, bad input."""
 
+import dataclasses
 import fractions
 import pathlib
 import pickle
@@ -350,3 +351,29 @@ def test_training_refuses_a_folder_of_unusable_videos_in_one_line(tmp_path):
     assert "too short: 1 frames" in last and "Traceback" not in proc.stderr
     listing = (tmp_path / "run" / data_spec.SKIPPED_VIDEOS).read_text()
     assert "one_frame.mp4\ttoo short: 1 frames" in listing
+
+
+def test_frame_folders_too_short_for_the_gap_are_skipped_at_start(tmp_path):
+    root = tmp_path / "frames"
+    dump_frames(root / "long", make_frames(10))
+    dump_frames(root / "two", make_frames(2))
+    dump_frames(root / "slow", make_frames(3))
+    (root / "slow" / "meta.json").write_text('{"fps": 5}')  # gap 4 at 30 = 1 here
+    dump_frames(root / "bad_meta", make_frames(10))
+    (root / "bad_meta" / "meta.json").write_text("{}")
+    spec = data_spec.DataSpec(path=str(root), format="frames", check_videos=10)
+    rule = pairs.PairSampler(min_gap=4).gap_range
+    source = data_spec.open(spec, tmp_path, length_rule=rule)
+    assert [p.rsplit("/", 1)[1] for p in source.paths] == ["long", "slow"]
+    reasons = dict(source.skipped)
+    assert reasons[str(root / "two")] == (
+        "too short: 2 frames at 30 fps, the minimum gap is 4 frames"
+    )
+    assert reasons[str(root / "bad_meta")].startswith("bad meta.json")
+    listing = (tmp_path / data_spec.SKIPPED_VIDEOS).read_text()
+    assert f"{root / 'two'}\ttoo short: 2 frames" in listing
+    assert len(data_spec.open(spec)) == 4  # no rule: found when drawn
+    with pytest.raises(sources.NoUsableVideo, match="no usable frame folder under"):
+        data_spec.open(
+            dataclasses.replace(spec, path=str(root / "two")), length_rule=rule
+        )

@@ -41,6 +41,7 @@ from siammae_jax.data.video import (
     PackedVideo,
     Video,
     natural_key,
+    read_fps,
 )
 from siammae_jax.data.video_file import (
     VIDEO_EXTENSIONS,
@@ -93,6 +94,16 @@ class _Source:
         return (
             f"videos: {self.num_files} files, {len(self)} usable, "
             f"{len(self.skipped)} skipped"
+        )
+
+    def _refuse(self, what: str) -> None:
+        """Raises NoUsableVideo: the count and one skipped video's reason."""
+        videos = [s for s in self.skipped if not s[1].startswith("not a ")]
+        example = "".join(f"; e.g. {p}: {r}" for p, r in (videos or self.skipped)[:1])
+        raise NoUsableVideo(
+            f"no usable {what} under {self._root} ({self.report()}){example}",
+            self.skipped,
+            self.report(),
         )
 
 
@@ -196,15 +207,7 @@ class VideoFolderSource(_Source):
 
     def _raise_if_empty(self) -> None:
         if not self._paths:
-            videos = [s for s in self.skipped if not s[1].startswith("not a video")]
-            example = "".join(
-                f"; e.g. {p}: {r}" for p, r in (videos or self.skipped)[:1]
-            )
-            raise NoUsableVideo(
-                f"no usable video file under {self._root} ({self.report()}){example}",
-                self.skipped,
-                self.report(),
-            )
+            self._refuse("video file")
 
     def _open(self, path: str) -> VideoFile:
         return VideoFile(path, index_dir=self._index_dir)
@@ -259,6 +262,35 @@ class FrameFolderSource(_Source):
         self._frames = [sorted(folders[f], key=natural_key) for f in self._folders]
         metas = {str(p.parent) for p in files if p.name == FRAME_FOLDER_META}
         self._has_meta = [f in metas for f in self._folders]
+
+    def check(self, length_rule: LengthRule | None = None) -> None:
+        """Leaves out the folders ``length_rule`` refuses (e.g. fewer frames
+        than the minimum gap), or whose ``meta.json`` is bad; decodes nothing.
+
+        Raises:
+          NoUsableVideo: none is left.
+        """
+        if length_rule is None:
+            return
+        bad = {}
+        for folder, frames, meta in zip(*self._columns(), strict=True):
+            try:
+                fps = read_fps(epath.Path(folder)) if meta else DEFAULT_FPS
+                length_rule(len(frames), fps)
+            except BadVideoError as e:
+                bad[folder] = e.reason
+            except ValueError as e:
+                bad[folder] = str(e)
+        keep = [i for i, f in enumerate(self._folders) if f not in bad]
+        self._folders, self._frames, self._has_meta = (
+            [column[i] for i in keep] for column in self._columns()
+        )
+        self.skipped = sorted(self.skipped + list(bad.items()))
+        if not self._folders:
+            self._refuse("frame folder")
+
+    def _columns(self) -> tuple[list, list, list]:
+        return self._folders, self._frames, self._has_meta
 
     def __len__(self) -> int:
         return len(self._folders)

@@ -84,25 +84,46 @@ def _videos(
     return source
 
 
-def _images(spec: DataSpec, path: str) -> Source:
+def _frames(
+    spec: DataSpec, path: str, length_rule: sources.LengthRule | None = None
+) -> Source:
+    source = sources.FrameFolderSource(path)
+    if len(source) <= spec.check_videos:
+        source.check(length_rule)
+    return source
+
+
+def _array_record(
+    spec: DataSpec, path: str, length_rule: sources.LengthRule | None = None
+) -> Source:
+    del spec, length_rule  # records are not opened at start
+    return sources.ArrayRecordSource(path)
+
+
+def _images(
+    spec: DataSpec, path: str, length_rule: sources.LengthRule | None = None
+) -> Source:
+    del length_rule  # a still image has one frame: for crop pairs
     source = images.ImageFolderSource(path)
     if len(source) <= spec.check_videos:
         source.check()
     return source
 
 
-def _tfds(spec: DataSpec, path: str) -> Source:
-    del path  # a TFDS dataset is named, not found
+def _tfds(
+    spec: DataSpec, path: str, length_rule: sources.LengthRule | None = None
+) -> Source:
+    del path, length_rule  # a TFDS dataset is named, not found (nor checked)
     split, data_dir = spec.tfds_split or "train", spec.tfds_data_dir or None
     if images.tfds_has_images(spec.tfds_name, data_dir):
         return images.TfdsImageSource(spec.tfds_name, data_dir, split)
     return sources.TfdsSource(spec.tfds_name, data_dir, split)
 
 
-_OPENERS: dict[str, Callable[[DataSpec, str], Source]] = {
+_OPENERS: dict[str, Callable[[DataSpec, str, sources.LengthRule | None], Source]] = {
     "video": _videos,
-    "frames": lambda spec, path: sources.FrameFolderSource(path),
-    "array_record": lambda spec, path: sources.ArrayRecordSource(path),
+    "frames": _frames,
+    "array_record": _array_record,
     "tfds": _tfds,
     "images": _images,
 }
@@ -175,9 +196,10 @@ def open(
       is_main: this process writes the synthetic set and the listing.
       barrier: ``barrier(name)`` waits for every process (after the synthetic
         set is written).
-      length_rule: what a video file needs for the run (e.g.
+      length_rule: what a video needs for the run (e.g.
         ``PairSampler.gap_range``: frames for the minimum gap), applied to
-        every video the start-up check opens (``data.check_videos``).
+        every video file the start-up check opens, and every frame folder
+        (both when there are at most ``data.check_videos``).
 
     Raises:
       ValueError: an unknown format, or a synthetic set meant to go into a
@@ -195,10 +217,7 @@ def open(
     if root is None:
         format = spec.format or sources.infer_format(spec.path)
         try:
-            if format == "video":
-                source = _videos(spec, spec.path, length_rule)
-            else:
-                source = _OPENERS[format](spec, spec.path)
+            source = _OPENERS[format](spec, spec.path, length_rule)
         except sources.NoUsableVideo as e:
             if workdir is None:
                 raise
@@ -211,7 +230,7 @@ def open(
         if is_main:
             _write_synthetic(spec, root)
         barrier("synthetic_data")
-        source = _OPENERS["frames"](spec, str(root / "frames"))
+        source = _OPENERS["frames"](spec, str(root / "frames"), length_rule)
     if workdir is not None:
         listing = epath.Path(workdir) / SKIPPED_VIDEOS
         _list_skipped(source.skipped, source.report(), listing, is_main)
