@@ -274,6 +274,19 @@ def test_raw_elementary_streams_are_read_from_keyframe_offsets(tmp_path, name):
     assert video.frames_decoded <= 3 * (12 + 3)
 
 
+def test_raw_streams_read_as_file_objects_as_gs_paths_are(tmp_path, monkeypatch):
+    """Remote files are read through file objects, offsets included."""
+    monkeypatch.setattr(video_lib, "_is_local", lambda path: False)
+    for name in ("mpeg1.m1v", "h264_bframes.h264"):
+        codec, muxer, options = RAW_STREAMS[name]
+        path = video_kinds._write(tmp_path / name, codec, 25, format=muxer,
+                                  options=options, bit_rate=4_000_000)  # fmt: skip
+        expected = video_kinds.decode_all(path)
+        video = VideoFile(path)
+        np.testing.assert_array_equal(video.read([30, 5]), expected[[30, 5]])
+        assert video.restarts == 0 and video.frames_decoded <= 2 * (12 + 3)
+
+
 def test_a_raw_stream_with_its_headers_only_at_the_start_is_read_from_it(tmp_path):
     """Opened at a later keyframe, an MPEG-4 stream without its VOL header
     cannot be decoded: the read falls back to decoding from the first frame."""
