@@ -442,15 +442,17 @@ class VideoFile(Video):
     """A video container file (mp4, avi, mpg, webm, mkv, ...) read with PyAV.
 
     Frame ``i`` is the ``i``-th frame that decoding the file from the start
-    outputs (:meth:`iter_frames`). Construction builds the video's
-    :class:`FrameIndex` (demuxing, no decoding; cached per process, and in
-    ``index_dir`` if given), which maps each frame to its timestamp. ``read``
-    seeks to the keyframe at or before the first wanted frame, decodes forward
-    and picks frames by timestamp, jumping ahead when the next wanted frame
-    lies past a later keyframe. A seek that lands past the wanted frame is
-    retried from earlier keyframes, then from the start of the file; a file
-    whose frames lack distinct timestamps is always decoded from the start.
-    Local files are opened by name, others (``gs://``) through
+    outputs (:meth:`iter_frames`) from FFmpeg's best video stream.
+    Construction builds the video's :class:`FrameIndex` (demuxing; cached per
+    process, and in ``index_dir`` if given), which maps each frame to its
+    timestamp. ``read`` seeks to the keyframe at or before the first wanted
+    frame, decodes forward and picks frames by timestamp, jumping ahead when
+    the next wanted frame lies past a later keyframe. A seek that lands past
+    the wanted frame is retried from earlier keyframes, then from the start of
+    the file; a file whose frames lack distinct timestamps is always decoded
+    from the start. A raw elementary stream is instead opened at the byte
+    offset of the keyframe and its frames recognised by their packets'
+    offsets. Local files are opened by name, others (``gs://``) through
     ``epath.Path.open``.
 
     Args:
@@ -460,8 +462,9 @@ class VideoFile(Video):
     Attributes:
       frames_decoded: frames the last ``read`` decoded.
       restarts: reads of this object that decoded from the start of the file
-        (unseekable timestamps, or a seek that landed late): their cost grows
-        with the frame number.
+        (unseekable timestamps, a seek that landed late, a raw stream that
+        cannot be decoded from a keyframe's offset): their cost grows with the
+        frame number.
 
     Raises:
       BadVideoError: the file cannot be opened, has no video stream, no frame
