@@ -1,11 +1,25 @@
 """Shared test setup: 8 fake CPU devices, tiny models built once per session."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 # Must happen before jax is imported anywhere (multi-device tests use it).
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
+# One persistent compilation cache for the session, shared by this process and
+# every `python -m siammae_jax...` a test starts (they inherit the environment):
+# a program compiled once is read back by the next test or process that
+# compiles the same program (same shapes, shardings and flags), not compiled
+# again. Compiles dominate this suite's time on CPU; results are unchanged
+# (the cached executable is the one XLA built). Emptied at the session's end.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _CACHE = tempfile.mkdtemp(prefix="siammae-test-xla-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
+    atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

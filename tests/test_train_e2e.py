@@ -80,20 +80,24 @@ def _command(workdir, data_dir, *extra):
     ]
 
 
-def _env(devices=8, log_compiles=False):
+def _env(devices=8, log_compiles=False, compile_cache=True):
+    """The runs share conftest's compilation cache unless ``compile_cache`` is
+    False (a cache hit compiles nothing, so XLA would dump nothing)."""
     env = dict(os.environ)
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     env["JAX_PLATFORMS"] = "cpu"
     if log_compiles:
         env["JAX_LOG_COMPILES"] = "1"
+    if not compile_cache:
+        env["JAX_ENABLE_COMPILATION_CACHE"] = "false"
     return env
 
 
-def _run(workdir, data_dir, *extra, devices=8, log_compiles=False):
+def _run(workdir, data_dir, *extra, devices=8, log_compiles=False, **env):
     proc = subprocess.run(
         _command(workdir, data_dir, *extra),
         cwd=ROOT,
-        env=_env(devices, log_compiles),
+        env=_env(devices, log_compiles, **env),
         capture_output=True,
         text=True,
         timeout=600,
@@ -218,6 +222,7 @@ def test_straight_run_logs_and_checkpoints(straight):
     )
 
 
+@pytest.mark.slow  # one more run (~30 s); `make test-slow`, in CI
 def test_online_eval_compiles_only_when_asked(straight, tmp_path, data_dir):
     """The straight run compiles the evaluation's functions; a run with
     eval.every=0 (the default) compiles none of them."""
@@ -230,6 +235,7 @@ def test_online_eval_compiles_only_when_asked(straight, tmp_path, data_dir):
         "--config.train.steps=1",
         f"--config.xla_flags=--xla_dump_to={dump} --xla_dump_hlo_module_re=jit_step",
         log_compiles=True,
+        compile_cache=False,
     )
     assert "Compiling jit(" in proc.stderr  # compiles are logged
     for name in EVAL_COMPILES:
@@ -258,7 +264,15 @@ def test_tensorboard_has_scalars_and_an_image(straight):
 
 
 @pytest.mark.parametrize(
-    "sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=["kill", "term", "int"]
+    "sig",
+    [
+        signal.SIGKILL,  # a crash: the default suite's resume
+        # Clean stops (a stop checkpoint, workers reaped) are also checked in
+        # process by test_host_runs_ahead; here, in `make test-slow` (in CI).
+        pytest.param(signal.SIGTERM, marks=pytest.mark.slow),
+        pytest.param(signal.SIGINT, marks=pytest.mark.slow),
+    ],
+    ids=["kill", "term", "int"],
 )
 def test_exact_resume_after_signal(tmp_path, data_dir, straight, sig):
     proc, workers = _interrupted(tmp_path, data_dir, sig)
@@ -322,6 +336,7 @@ def _leaves(tree):
     return jax.tree.leaves(tree)
 
 
+@pytest.mark.slow  # two more runs (~60 s); `make test-slow`, in CI
 def test_restore_on_other_device_counts(tmp_path, data_dir, straight):
     losses = {}
     for devices in (1, 4):
@@ -351,6 +366,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # two processes (~60 s); `make test-slow`, in CI
 def test_two_processes_agree_with_one(tmp_path, data_dir, straight):
     port = _free_port()
     procs = [
@@ -391,6 +407,7 @@ def test_two_processes_agree_with_one(tmp_path, data_dir, straight):
         assert got[step] == pytest.approx(want[step], abs=0.01), step
 
 
+@pytest.mark.slow  # ~30 s; in process: test_host_runs_ahead
 def test_divergence_stops_with_the_last_good_checkpoint(tmp_path, data_dir):
     proc = subprocess.run(
         _command(
@@ -489,6 +506,7 @@ def test_export_a_training_checkpoint_and_load_it_elsewhere(tmp_path, straight):
     np.testing.assert_allclose(np.load(tmp_path / "feats.npy"), want, atol=1e-5)
 
 
+@pytest.mark.slow  # ~40 s; `make test-slow`
 def test_a_folder_of_real_containers_trains_two_epochs_without_skips(tmp_path):
     """Issue 15: mp4/avi/mpg/ts/webm/mkv in one folder, every one of them used."""
     import video_kinds
@@ -525,6 +543,7 @@ def test_first_ctrl_c_requests_a_stop_and_a_second_aborts():
     assert signal.getsignal(signal.SIGINT) == before
 
 
+@pytest.mark.slow  # ~35 s; in process: test_weights
 def test_pre_training_continues_from_a_whole_model_export(tmp_path, data_dir, straight):
     """Issue 16: export --what model, then --config.init_from on a new workdir."""
     from siammae_jax import export
