@@ -414,3 +414,23 @@ def test_jhmdb_runner_follows_the_protocols_rules(tmp_path):
     np.testing.assert_allclose(got, want)
     pck = jhmdb.pck([want], [v.joints], invalid="skip")
     assert result["scores"]["PCK@0.1"] == pytest.approx(pck["PCK@0.1"])
+
+
+def test_a_siammae_in_bfloat16_is_scored_as_its_float32_weights():
+    """``evaluate`` given a SiamMAE scores the encoder its saved weights would
+    load as (float32), not the bfloat16 compute of the training model."""
+    import jax.numpy as jnp
+    from conftest import TINY
+    from flax import nnx
+
+    from siammae_jax.models import SiamMAE
+
+    bf16 = SiamMAE(**TINY, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+    f32 = SiamMAE(**TINY, rngs=nnx.Rngs(0))  # the same parameters
+    frames = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), np.uint8)
+    section = _section("siammae")
+    got, patch, record = run.backbone(bf16, section)
+    want, _, want_record = run.backbone(f32, section)
+    assert patch == 8 and record == want_record  # same weights, same sha256
+    np.testing.assert_array_equal(got(frames), want(frames))
+    assert bf16.encoder.dtype == jnp.bfloat16  # the model itself is untouched

@@ -119,7 +119,13 @@ def backbone(
         )
         record.update(_describe(where))
     elif isinstance(features, SiamMAE):
-        features = features.encoder
+        # Scored as its saved weights would be: a float32 encoder, whatever
+        # compute dtype the model trained in.
+        enc = features.encoder
+        size = (enc.grid[0] * enc.patch, enc.grid[1] * enc.patch)
+        features = weights.encoder_of(
+            features, {"encoder": enc.variant, "image_size": size}
+        )
     if isinstance(features, vit.ViT):
         record.setdefault("kind", "jax")
         record.setdefault("variant", features.variant)
