@@ -214,7 +214,7 @@ class ImageFolderSource(sources._Source):
         )
 
 
-class TfdsImageSource(sources._Source):
+class TfdsImageSource(sources.TfdsSource):
     """A prepared TFDS dataset of images, read with ``tfds.data_source``.
 
     Each example's ``feature`` (an encoded image) stays encoded until read;
@@ -233,6 +233,7 @@ class TfdsImageSource(sources._Source):
     """
 
     stills = True
+    noun = "images"
 
     def __init__(
         self,
@@ -241,47 +242,18 @@ class TfdsImageSource(sources._Source):
         split: str = "train",
         feature: str = "image",
     ):
-        self.name, self.data_dir, self.split = name, data_dir, split
         self.feature = feature
-        self._root = f"tfds:{name}[{split}]" + (f" in {data_dir}" if data_dir else "")
-        self.skipped = []
-        self._records = None
-        self.num_files = len(self._open())
-        if not self.num_files:
-            raise ValueError(f"{self._root} holds no images")
+        super().__init__(name, data_dir, split)
 
-    def _open(self):
-        if self._records is None:
-            encoded = {self.feature: True}
-            self._records = sources.open_tfds(
-                self.name, self.split, self.data_dir, encoded
-            )
-        return self._records
+    def _encoded(self, example) -> list:
+        return [bytes(example[self.feature])]
 
-    def __getstate__(self) -> dict:  # workers reopen the files
-        return {**self.__dict__, "_records": None}
-
-    def __len__(self) -> int:
-        return self.num_files
-
-    def __getitem__(self, index: int) -> Video:
-        """The ``index``-th image (decoded on read)."""
-        where = f"{self._root}#{index}"
-        try:
-            example = self._open()[index]
-            data = bytes(example[self.feature])
-        except (KeyError, ValueError, TypeError, OSError) as e:
-            raise BadVideoError(where, f"bad example: {type(e).__name__}: {e}") from e
-        name = example.get("file_name", b"")
-        name = name.decode() if isinstance(name, bytes) else str(name)
-        return JpegVideo([data], DEFAULT_FPS, f"{where} ({name})" if name else where)
+    def _video(self, example, encoded: list, where: str) -> Video:
+        name = sources._text(example.get("file_name", b""))
+        return JpegVideo(encoded, DEFAULT_FPS, f"{where} ({name})" if name else where)
 
     def __repr__(self) -> str:
         return f"TfdsImageSource(path={self._root!r}, images={len(self)})"
-
-    def report(self) -> str:
-        """``images: N examples of tfds:NAME[SPLIT]`` (one line)."""
-        return f"images: {len(self)} examples of {self._root}"
 
 
 def tfds_has_images(name: str, data_dir: str | None, feature: str = "image") -> bool:

@@ -366,6 +366,9 @@ class TfdsSource(_Source):
       ValueError: the split is empty or has no ``frames`` feature.
     """
 
+    feature = "frames"  # the feature left encoded until read
+    noun = "videos"
+
     def __init__(self, name: str, data_dir: str | None = None, split: str = "train"):
         self.name, self.data_dir, self.split = name, data_dir, split
         self._root = f"tfds:{name}[{split}]" + (f" in {data_dir}" if data_dir else "")
@@ -374,11 +377,12 @@ class TfdsSource(_Source):
         records = self._open()
         self.num_files = len(records)
         if not self.num_files:
-            raise ValueError(f"{self._root} holds no videos")
+            raise ValueError(f"{self._root} holds no {self.noun}")
 
     def _open(self):
         if self._records is None:
-            self._records = open_tfds(self.name, self.split, self.data_dir)
+            encoded = {self.feature: True}
+            self._records = open_tfds(self.name, self.split, self.data_dir, encoded)
         return self._records
 
     def __getstate__(self) -> dict:  # workers reopen the files
@@ -392,16 +396,27 @@ class TfdsSource(_Source):
         where = f"{self._root}#{index}"
         try:
             example = self._open()[index]
-            frames = list(example["frames"])
+            encoded = self._encoded(example)
         except (KeyError, ValueError, TypeError, OSError) as e:
             raise BadVideoError(where, f"bad example: {type(e).__name__}: {e}") from e
-        source = example.get("source", b"")
-        source = source.decode() if isinstance(source, bytes) else str(source)
-        return JpegVideo(frames, example.get("fps", DEFAULT_FPS), source or where)
+        return self._video(example, encoded, where)
+
+    def _encoded(self, example) -> list:
+        """The example's encoded frames."""
+        return list(example[self.feature])
+
+    def _video(self, example, encoded: list, where: str) -> Video:
+        source = _text(example.get("source", b""))
+        return JpegVideo(encoded, example.get("fps", DEFAULT_FPS), source or where)
 
     def report(self) -> str:
         """``videos: N examples of tfds:NAME[SPLIT]`` (one line)."""
-        return f"videos: {len(self)} examples of {self._root}"
+        return f"{self.noun}: {len(self)} examples of {self._root}"
+
+
+def _text(value) -> str:
+    """A TFDS text feature as ``str`` (NumPy reads give bytes)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def open_tfds(name: str, split: str, data_dir: str | None, encoded: dict | None = None):
