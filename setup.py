@@ -46,6 +46,7 @@ setup(
         "test": [
             *BEAM,
             "pytest>=8.0",
+            "pytest-xdist>=3.6",  # `make test` runs on 2 workers
             "ruff>=0.17,<0.18",
             "nbclient>=0.10",
             "nbformat>=5.10",
