@@ -444,3 +444,122 @@ def test_a_data_path_is_used_as_what_it_holds(mixed_folder, tmp_path):
     config.data.path, config.data.format = str(mixed_folder), "synthetic"
     with pytest.raises(ValueError, match="leave data.format empty"):
         open_data(config, workdir)
+
+
+# Issue 28's folder of real-world kinds (``video_kinds.write_real_world_kinds``);
+# ``video_kinds.NOT_WRITABLE`` lists those FFmpeg here cannot encode.
+REAL_WORLD = {  # name -> (streams in file order, frames, frame size)
+    "webm_vp8_vorbis": (["vp8", "vorbis"], NUM_FRAMES, video_kinds.SIZE),
+    "m1v_mpeg1_raw": (["mpeg1video"], NUM_FRAMES, video_kinds.SIZE),
+    # FFmpeg's FLV demuxer gives the data (onTextData) stream as text.
+    "flv_flv1_data_first": (["text", "flv"], NUM_FRAMES, video_kinds.SIZE),
+    "asf_wmv2_audio_first": (["wmav2", "wmv2"], NUM_FRAMES, video_kinds.SIZE),
+    "3g2_h263": (["h263"], NUM_FRAMES, video_kinds.H263_SIZE),
+    "mkv_hevc_10bit": (["hevc"], NUM_FRAMES, video_kinds.SIZE),
+    "avi_msrle_pal8": (["msrle"], NUM_FRAMES, video_kinds.SIZE),
+    "mov_qtrle": (["qtrle"], NUM_FRAMES, video_kinds.SIZE),
+    "mp4_mpeg4": (["mpeg4"], NUM_FRAMES, video_kinds.SIZE),
+    "ts_mpeg2_2frames": (["mpeg2video"], video_kinds.SHORT_TS_FRAMES, video_kinds.SIZE),
+}
+
+
+@pytest.fixture(scope="module")
+def real_world(tmp_path_factory):
+    """A folder of issue 28's kinds, the packed-B-frame AVI and a file whose
+    first video stream is a still: name -> path."""
+    root = tmp_path_factory.mktemp("real_world")
+    paths = video_kinds.write_real_world_kinds(root)
+    assert sorted(paths) == sorted(REAL_WORLD)
+    paths["avi_mpeg4_packed_bframes"] = video_kinds.write_packed_bframes(
+        root / "packed.avi"
+    )
+    paths["mkv_still_first"] = video_kinds.write_with_still(root / "still_first.mkv")
+    return paths
+
+
+def _codec(stream) -> str:
+    return stream.codec_context.name if stream.type != "data" else "data"
+
+
+@pytest.mark.parametrize("name", REAL_WORLD)
+def test_real_world_kinds_read_every_frame_as_sequential_decoding_gives(
+    real_world, name
+):
+    streams, count, size = REAL_WORLD[name]
+    path = real_world[name]
+    with av.open(path) as container:
+        assert [_codec(s) for s in container.streams] == streams
+        video = next(s for s in container.streams if s.type == "video")
+        pixels = video.codec_context.pix_fmt
+    if name == "mkv_hevc_10bit":
+        assert pixels == "yuv420p10le"
+    if name == "avi_msrle_pal8":
+        assert pixels == "pal8"
+    expected = video_kinds.decode_all(path)
+    assert expected.shape == (count, *size, 3)
+    assert [frame_number(f) for f in expected] == list(range(count))
+    reader = VideoFile(path)
+    assert reader.num_frames == count
+    for i in np.random.default_rng(2).permutation(count):
+        np.testing.assert_array_equal(reader.read([i])[0], expected[i], err_msg=str(i))
+    order = np.random.default_rng(3).integers(0, count, 8)  # repeats too
+    np.testing.assert_array_equal(reader.read(order), expected[order])
+    np.testing.assert_array_equal(reader.read(range(count)), expected)
+    np.testing.assert_array_equal(np.stack(list(reader.iter_frames())), expected)
+
+
+def test_every_real_world_kind_is_usable_at_start_and_drawn_without_skips(
+    real_world, tmp_path
+):
+    """Each clip counted usable by the start-up check (nothing listed as
+    skipped), and two epochs of pairs draw every one with nothing skipped."""
+    from siammae_jax.configs import siammae as siammae_config
+    from siammae_jax.data import spec as data_spec
+
+    folder = Path(real_world["mp4_mpeg4"]).parent
+    n = len(real_world)
+    config = siammae_config.get_config("tiny")
+    config.data.path = str(folder)
+    source = data_spec.open(data_spec.DataSpec.from_config(config.data, 0), tmp_path)
+    assert sorted(source.paths) == sorted(real_world.values())
+    listing = (tmp_path / data_spec.SKIPPED_VIDEOS).read_text().splitlines()
+    assert listing == [f"# videos: {n} files, {n} usable, 0 skipped: path<TAB>reason"]
+    # The paper's gaps (4-48 frames at 30 fps): the 2-frame TS at 2 fps too.
+    sampler = pairs.PairSampler(size=16, min_gap=4, max_gap=48, repeats=2)
+    ds = pipeline.make_pipeline(source, batch_size=4, sampler=sampler, num_epochs=2)
+    batches = list(ds)
+    assert sum(int(b["skipped"]) for b in batches) == 0
+    seen = np.concatenate([b["video"] for b in batches])
+    np.testing.assert_array_equal(np.bincount(seen, minlength=n), [4] * n)
+
+
+@pytest.mark.slow  # ~40 s on two shared cores
+def test_a_folder_of_every_real_world_kind_trains_without_skips(real_world, tmp_path):
+    """Issue 28's "done when": the folder of real kinds, the packed-B-frame
+    AVI and a multi-stream file train with 0 skipped draws (setup, restore
+    and the loop in process, a tiny model)."""
+    from siammae_jax.configs import siammae as siammae_config
+    from siammae_jax.data import spec as data_spec
+    from siammae_jax.train import loop, metrics, setup
+
+    folder = Path(real_world["mp4_mpeg4"]).parent
+    n = len(real_world)
+    config = siammae_config.get_config("tiny")
+    config.model.update(encoder="test/8", image_size=32, decoder_dim=32)
+    config.model.update(decoder_depth=2, decoder_heads=2)
+    config.batch_size = 8
+    config.data.update(path=str(folder), num_workers=0)
+    config.train.update(steps=3, log_every=1, image_every=0, measure_every=0)
+    workdir = tmp_path / "run"
+    run = setup.setup(config, str(workdir))
+    state, counters = setup.restore_or_init(run)
+    logger = metrics.MetricsLogger(str(workdir), is_main=True, console=False)
+    loop.train_loop(run, state, logger, counters)
+    logger.close()
+    run.ckpt.close()
+    listing = (workdir / data_spec.SKIPPED_VIDEOS).read_text().splitlines()
+    assert listing == [f"# videos: {n} files, {n} usable, 0 skipped: path<TAB>reason"]
+    rows = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+    logged = [r for r in rows if "data_skipped" in r]
+    assert [r["step"] for r in logged] == [1, 2, 3]
+    assert [r["data_skipped"] for r in logged] == [0, 0, 0]

@@ -223,3 +223,145 @@ def write_with_still(path, format="matroska", attached=False, data=None):
             out.mux(video.encode(av.VideoFrame.from_ndarray(image, "rgb24")))
         out.mux(video.encode())
     return str(path)
+
+
+def _palette_frame(image: np.ndarray, palette: Image.Image) -> av.VideoFrame:
+    """A ``pal8`` frame of ``image`` in ``palette``'s 256 colours."""
+    quantized = Image.fromarray(image).quantize(palette=palette, dither=0)
+    argb = np.full((256, 4), 255, np.uint8)  # opaque
+    argb[:, 1:] = np.asarray(palette.getpalette(), np.uint8).reshape(-1, 3)[:256]
+    return av.VideoFrame.from_ndarray((np.asarray(quantized), argb), format="pal8")
+
+
+def _write_with_others(path, codec, rate, *, pix="yuv420p", format=None,
+                       options=None, bit_rate=None, data=None, audio=None,
+                       audio_first=False, data_stream_first=False):  # fmt: skip
+    """Like :func:`_write`, with the other streams real files carry.
+
+    ``audio``: an audio encoder; a 22.05 kHz stereo tone as long as the video
+    is added after the video stream, or before it with ``audio_first``.
+    ``data_stream_first``: a data stream (timed text cues) as stream 0.
+    """
+    data = frames() if data is None else data
+    rate = fractions.Fraction(rate)
+    with av.open(str(path), "w", format=format) as out:
+        cues = None
+        if data_stream_first:
+            cues = out.add_data_stream()
+            cues.time_base = fractions.Fraction(1, 1000)
+        sound = None
+        if audio and audio_first:
+            sound = out.add_stream(audio, rate=22050)
+        stream = out.add_stream(codec, rate=rate)
+        stream.height, stream.width = data.shape[1:3]
+        stream.pix_fmt = pix
+        stream.options = options or {}
+        if bit_rate is not None:
+            stream.codec_context.bit_rate = bit_rate
+        if audio and not audio_first:
+            sound = out.add_stream(audio, rate=22050)
+        if sound is not None:
+            sound.options = {"strict": "experimental"}  # FFmpeg's own vorbis
+            sound.codec_context.bit_rate = 64_000  # (wmav2 has no default)
+        samples = 0
+        # One palette for the clip, as a 256-colour animation has: the
+        # corner numbers' greys and the texture's colours.
+        greys = [[counter(i)] * 3 for i in range(len(data))]
+        texture = Image.fromarray(np.concatenate(data, 1)).quantize(256 - len(greys))
+        colours = np.asarray(texture.getpalette(), np.uint8).reshape(-1, 3)
+        palette = Image.new("P", (1, 1))
+        palette.putpalette(
+            np.concatenate([greys, colours[: 256 - len(greys)]]).ravel().tolist()
+        )
+        for i, image in enumerate(data):
+            if pix == "pal8":
+                frame = _palette_frame(image, palette)
+            else:
+                frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+                if pix != "yuv420p":
+                    frame = frame.reformat(format=pix)
+            out.mux(stream.encode(frame))
+            if cues is not None and i % 10 == 0:
+                cue = av.Packet(f"cue {i}".encode())
+                cue.stream, cue.time_base = cues, cues.time_base
+                cue.pts = cue.dts = round(1000 * i / rate)
+                out.mux(cue)
+            if sound is not None:
+                end = round(22050 * (i + 1) / rate)
+                t = np.arange(samples, end) / 22050
+                tone = np.sin(2 * np.pi * 440 * t).astype(np.float32) * 0.1
+                chunk = av.AudioFrame.from_ndarray(
+                    np.stack([tone, tone]), format="fltp", layout="stereo"
+                )
+                chunk.sample_rate, chunk.pts = 22050, samples
+                samples = end
+                out.mux(sound.encode(chunk))
+        out.mux(stream.encode())
+        if sound is not None:
+            out.mux(sound.encode())
+    return str(path)
+
+
+# Sizes a codec insists on: H.263 takes only its standard picture sizes.
+H263_SIZE = (96, 128)  # SQCIF
+# The 2-frame transport stream: at 2 fps a 1-frame gap is within every gap
+# range the configs draw (4 frames at 30 fps), so it still gives pairs.
+SHORT_TS_FRAMES, SHORT_TS_FPS = 2, 2
+
+# The kinds of issue 28's real-world folder that this machine's FFmpeg cannot
+# encode, and what stands in for them.
+NOT_WRITABLE = {
+    "ogv_theora": "no Theora encoder (libtheora absent): not tested here",
+    "flv_vp6": "no VP6 encoder: Sorenson H.263 (flv1) in FLV stands in",
+    "asf_wmv9": "no WMV9 (wmv3) encoder: WMV8 (wmv2) in ASF stands in",
+}
+
+
+def write_real_world_kinds(root: Path) -> dict[str, str]:
+    """name -> path of one clip per container and codec of issue 28's folder.
+
+    Each clip shows :func:`frames` (H.263: at :data:`H263_SIZE`; the MPEG-2
+    TS: only :data:`SHORT_TS_FRAMES` frames), with the audio or data streams
+    the real files had. :data:`NOT_WRITABLE` lists those FFmpeg here cannot
+    encode.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    return {
+        "webm_vp8_vorbis": _write_with_others(
+            root / "vp8_vorbis.webm", "libvpx", 25, audio="vorbis",
+            options={"g": "12"}, bit_rate=1_000_000,
+        ),
+        "m1v_mpeg1_raw": _write(
+            root / "raw.m1v", "mpeg1video", 25, format="mpeg1video",
+            options={"g": "12"}, bit_rate=4_000_000,
+        ),
+        "flv_flv1_data_first": _write_with_others(
+            root / "sorenson.flv", "flv", 25, data_stream_first=True,
+            options={"g": "12"}, bit_rate=1_000_000,
+        ),
+        "asf_wmv2_audio_first": _write_with_others(
+            root / "wmv2.wmv", "wmv2", 25, format="asf", audio="wmav2",
+            audio_first=True, options={"g": "12"}, bit_rate=1_000_000,
+        ),
+        "3g2_h263": _write_with_others(
+            root / "h263.3g2", "h263", 15, data=frames(size=H263_SIZE),
+            options={"g": "12"}, bit_rate=1_000_000,
+        ),
+        "mkv_hevc_10bit": _write(
+            root / "hevc10.mkv", "libx265", 25, pix="yuv420p10le",
+            options={"x265-params": "keyint=12:min-keyint=12:crf=12:log-level=error"},
+        ),
+        "avi_msrle_pal8": _write_with_others(
+            root / "msrle.avi", "msrle", 25, pix="pal8",
+        ),
+        "mov_qtrle": _write(root / "animation.mov", "qtrle", 25, pix="rgb24"),
+        "mp4_mpeg4": _write(
+            root / "mpeg4.mp4", "mpeg4", 25, options={"g": "12"},
+            bit_rate=4_000_000,
+        ),
+        "ts_mpeg2_2frames": _write(
+            root / "two.ts", "mpeg2video", SHORT_TS_FPS, format="mpegts",
+            data=frames(SHORT_TS_FRAMES),
+        ),
+    }  # fmt: skip
