@@ -563,3 +563,24 @@ def test_a_folder_of_every_real_world_kind_trains_without_skips(real_world, tmp_
     logged = [r for r in rows if "data_skipped" in r]
     assert [r["step"] for r in logged] == [1, 2, 3]
     assert [r["data_skipped"] for r in logged] == [0, 0, 0]
+
+
+def test_an_avi_whose_palette_changes_is_read_as_sequential_decoding_gives(tmp_path):
+    """A palette change is a chunk before the frame's packet: a seek past it
+    leaves the decoder with an older palette, so such files read from the
+    first frame on (the index keeps only the first keyframe)."""
+    path = video_kinds._write_with_others(
+        tmp_path / "palettes.avi", "msrle", 25, pix="pal8", palette_per_frame=True
+    )
+    with av.open(path) as container:
+        changes = [
+            p.has_sidedata("palette") for p in container.demux(video=0) if p.size
+        ]
+    assert len(changes) == NUM_FRAMES and all(changes)
+    expected = video_kinds.decode_all(path)
+    assert [frame_number(f) for f in expected] == list(range(NUM_FRAMES))
+    video = VideoFile(path)
+    for i in np.random.default_rng(4).permutation(NUM_FRAMES):
+        np.testing.assert_array_equal(video.read([i])[0], expected[i], err_msg=str(i))
+    np.testing.assert_array_equal(video.read([31, 2, 17]), expected[[31, 2, 17]])
+    assert video.index.keyframes.tolist() == [video.index.pts[0]]

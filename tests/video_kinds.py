@@ -235,12 +235,15 @@ def _palette_frame(image: np.ndarray, palette: Image.Image) -> av.VideoFrame:
 
 def _write_with_others(path, codec, rate, *, pix="yuv420p", format=None,
                        options=None, bit_rate=None, data=None, audio=None,
-                       audio_first=False, data_stream_first=False):  # fmt: skip
+                       audio_first=False, data_stream_first=False,
+                       palette_per_frame=False):  # fmt: skip
     """Like :func:`_write`, with the other streams real files carry.
 
     ``audio``: an audio encoder; a 22.05 kHz stereo tone as long as the video
     is added after the video stream, or before it with ``audio_first``.
     ``data_stream_first``: a data stream (timed text cues) as stream 0.
+    ``palette_per_frame`` (``pal8``): each frame in its own 256 colours (the
+    AVI muxer stores each change as a palette-change chunk), else one palette.
     """
     data = frames() if data is None else data
     rate = fractions.Fraction(rate)
@@ -274,7 +277,9 @@ def _write_with_others(path, codec, rate, *, pix="yuv420p", format=None,
             np.concatenate([greys, colours[: 256 - len(greys)]]).ravel().tolist()
         )
         for i, image in enumerate(data):
-            if pix == "pal8":
+            if pix == "pal8" and palette_per_frame:
+                frame = _palette_frame(image, Image.fromarray(image).quantize(256))
+            elif pix == "pal8":
                 frame = _palette_frame(image, palette)
             else:
                 frame = av.VideoFrame.from_ndarray(image, format="rgb24")

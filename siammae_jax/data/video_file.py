@@ -91,7 +91,10 @@ class FrameIndex:
         (stream time base), ascending but for packed B-frames; empty when
         ``seekable`` is False.
       keyframes: int64 ascending presentation timestamps of the keyframe
-        packets.
+        packets; only the first where the palette changes during the video
+        (``pal8``, e.g. MS-RLE in AVI): a seek skips the change, which the
+        container stores before the frame's packet, so those files are read
+        from their first frame.
       keyframe_dts: int64 their decoding timestamps (what some demuxers, such
         as MPEG-TS, seek by; the presentation timestamp where a packet has
         none).
@@ -170,6 +173,8 @@ class FrameIndex:
         if seekable:
             _check_duration(path, container, stream, ordered, time_base, fps)
         keyframes = sorted(set(packets.keyframes))
+        if packets.palette_changes:
+            keyframes = keyframes[:1]
         pos = key_pos = np.zeros(0, np.int64)
         if name in _RAW_STREAM_FORMATS and not packed:
             pos, key_pos = _byte_offsets(reopen, stream.index, packets, seekable)
@@ -315,6 +320,7 @@ class _Packets:
       key_offsets: the keyframe packets' byte offsets.
       keyframes: ``(pts, dts)`` of the keyframe packets with a timestamp.
       packed: an MPEG-4 part 2 packet holds packed B-frames.
+      palette_changes: a packet after the first carries a new palette.
     """
 
     pts: list[int | None]
@@ -322,6 +328,7 @@ class _Packets:
     key_offsets: list[int]
     keyframes: list[tuple[int, int]]
     packed: bool
+    palette_changes: bool = False
 
     @classmethod
     def demux(cls, container, stream) -> _Packets:
@@ -331,6 +338,8 @@ class _Packets:
         for packet in container.demux(stream):
             if not packet.size or packet.is_discard:
                 continue  # The end-of-stream packet, or no picture.
+            if out.pts and packet.has_sidedata("palette"):
+                out.palette_changes = True
             out.pts.append(packet.pts)
             out.offsets.append(packet.pos)
             if packet.is_keyframe:
@@ -388,7 +397,7 @@ def _check_duration(path, container, stream, pts, time_base, fps) -> None:
 
 # Frames must cover this share of the declared duration (see _check_duration).
 _MIN_COVERED = 0.8
-FRAME_INDEX_VERSION = 3
+FRAME_INDEX_VERSION = 4
 # Frame indexes kept in memory per process: {(path, size, mtime): FrameIndex}.
 # An index is ~16 bytes per frame (a 10-s clip: ~5 kB).
 _INDEX_CACHE: collections.OrderedDict = collections.OrderedDict()
