@@ -314,11 +314,11 @@ H263_SIZE = (96, 128)  # SQCIF
 SHORT_TS_FRAMES, SHORT_TS_FPS = 2, 2
 
 # The kinds of issue 28's real-world folder that this machine's FFmpeg cannot
-# encode, and what stands in for them.
+# encode: name -> (the encoder missing, what stands in for it).
 NOT_WRITABLE = {
-    "ogv_theora": "no Theora encoder (libtheora absent): not tested here",
-    "flv_vp6": "no VP6 encoder: Sorenson H.263 (flv1) in FLV stands in",
-    "asf_wmv9": "no WMV9 (wmv3) encoder: WMV8 (wmv2) in ASF stands in",
+    "ogv_theora": ("libtheora", "nothing: Theora is not tested here"),
+    "flv_vp6": ("vp6", "Sorenson H.263 (flv1) in FLV"),
+    "asf_wmv9": ("wmv3", "WMV8 (wmv2) in ASF"),
 }
 
 
