@@ -584,11 +584,3 @@ def test_an_avi_whose_palette_changes_is_read_as_sequential_decoding_gives(tmp_p
         np.testing.assert_array_equal(video.read([i])[0], expected[i], err_msg=str(i))
     np.testing.assert_array_equal(video.read([31, 2, 17]), expected[[31, 2, 17]])
     assert video.index.keyframes.tolist() == [video.index.pts[0]]
-
-
-@pytest.mark.parametrize("name", video_kinds.NOT_WRITABLE)
-def test_the_kinds_not_written_have_no_encoder_here(name):
-    """When FFmpeg here gains the encoder, this fails: write that kind."""
-    encoder, _ = video_kinds.NOT_WRITABLE[name]
-    with pytest.raises(av.codec.codec.UnknownCodecError):
-        av.Codec(encoder, "w")
