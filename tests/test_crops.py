@@ -513,9 +513,26 @@ E2E_FLAGS = [
     "--config.train.measure_every=0",
     "--config.checkpoint.every=4",
     "--config.train.steps=4",
-    "--config.data.format=images",
     "--config.data.pairs=crops",
 ]
+
+
+def _train(workdir, *flags) -> list[dict]:
+    """``python -m siammae_jax.main`` (4 steps, crop pairs); its metrics rows."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    command = [sys.executable, "-m", "siammae_jax.main", f"--workdir={workdir}"]
+    proc = subprocess.run(
+        command + E2E_FLAGS + list(flags),
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in lines]
+    losses = {r["step"]: r["loss"] for r in rows if "loss" in r}
+    assert sorted(losses) == [1, 2, 3, 4] and all(np.isfinite(list(losses.values())))
+    assert (workdir / "checkpoints" / "4").exists()
+    return rows
 
 
 @pytest.mark.slow
@@ -523,23 +540,23 @@ def test_training_on_an_image_folder(tmp_path, image_tree):
     """``python -m siammae_jax.main`` on an image folder with crop pairs: four
     steps, finite losses, the files left out listed at start."""
     root, _ = image_tree
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
-    command = [sys.executable, "-m", "siammae_jax.main", f"--workdir={tmp_path}"]
-    command += [*E2E_FLAGS, f"--config.data.path={root}"]
-    proc = subprocess.run(
-        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    rows = [
-        json.loads(line)
-        for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
-    ]
-    losses = {r["step"]: r["loss"] for r in rows if "loss" in r}
-    assert sorted(losses) == [1, 2, 3, 4] and all(np.isfinite(list(losses.values())))
+    _train(tmp_path, "--config.data.format=images", f"--config.data.path={root}")
     listing = (tmp_path / "skipped_videos.txt").read_text().splitlines()
     assert listing[0] == "# images: 11 files, 6 usable, 5 skipped: path<TAB>reason"
-    assert (tmp_path / "checkpoints" / "4").exists()
+
+
+@pytest.mark.slow
+def test_training_on_a_tfds_image_dataset(tmp_path):
+    """The same on a prepared TFDS dataset with an ``image`` feature (as
+    ``imagenet2012`` is), read in a fresh process from its files alone."""
+    _tiny_tfds(tmp_path / "tfds")
+    rows = _train(
+        tmp_path / "run",
+        "--config.data.format=tfds",
+        "--config.data.tfds_name=siammae_test_images",
+        f"--config.data.tfds_data_dir={tmp_path / 'tfds'}",
+    )
+    assert rows[-1]["data_skipped"] == 0
 
 
 def test_model_card_says_what_a_pair_was(tmp_path):
