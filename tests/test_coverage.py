@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import video_kinds
 
-from siammae_jax.data import coverage, prepare
+from siammae_jax.data import coverage, prepare, spec
 from siammae_jax.data.video import write_mp4
 from siammae_jax.data.video_file import VideoFile
 
@@ -418,3 +418,65 @@ def test_the_model_card_carries_the_coverage(prepared, built, tmp_path):
     # Data without a report: no coverage entry.
     info = checkpoints.describe(step, {"data": {"path": str(tmp_path), "format": ""}})
     assert "coverage" not in info["data"]
+
+
+def test_a_run_keeps_the_coverage_of_its_start(prepared, tmp_path, caplog):
+    """Training copies the data's report into its workdir when it starts; the
+    model card reads that copy, so preparing the folder again later does not
+    change what the weights say they were trained on."""
+    from siammae_jax.weights import checkpoints
+
+    out, _ = prepared
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    report = data_dir / coverage.COVERAGE
+    report.write_bytes((out / coverage.COVERAGE).read_bytes())
+    data = {"path": str(data_dir), "format": "array_record"}
+    workdir = _train_checkpoint(tmp_path / "run", data)
+    copy = spec.snapshot_coverage(data, workdir)
+    assert copy == workdir / coverage.SNAPSHOT
+    assert copy.read_bytes() == report.read_bytes()
+    first = checkpoints.describe(checkpoints.resolve_step_dir(workdir), {"data": data})
+    # The folder is prepared again: one more clip present.
+    later = json.loads(report.read_text())
+    later["total"]["present"] += 1
+    report.write_text(json.dumps(later))
+    with caplog.at_level("WARNING"):
+        assert (
+            spec.snapshot_coverage(data, workdir) == copy
+        )  # a resume keeps the start's
+    assert "changed since this run began" in caplog.text
+    step = checkpoints.resolve_step_dir(workdir)
+    card = checkpoints.describe(step, {"data": data})["data"]["coverage"]
+    assert card == first["data"]["coverage"] and card["present"] == 2
+    assert card["path"] == str(copy)
+    # Without the copy (a run from before snapshots): the data's report now.
+    copy.unlink()
+    card = checkpoints.describe(step, {"data": data})["data"]["coverage"]
+    assert card["present"] == 3 and card["path"] == str(report)
+    assert spec.snapshot_coverage({"path": str(tmp_path / "run")}, tmp_path) is None
+
+
+def test_training_setup_takes_the_snapshot(prepared, tmp_path, monkeypatch):
+    """``train.setup`` takes the copy before it builds anything."""
+    from conftest import TEST_MODEL
+
+    from siammae_jax.configs import siammae as siammae_config
+    from siammae_jax.train import setup as setup_lib
+
+    class Built(Exception):
+        pass
+
+    def build(*args, **kwargs):
+        raise Built
+
+    monkeypatch.setattr(setup_lib.step_lib, "build", build)
+    out, _ = prepared
+    config = siammae_config.get_config("tiny")
+    config.model.update(TEST_MODEL)
+    config.batch_size = 8
+    config.data.update(path=str(out), format="array_record", min_gap=1, max_gap=1)
+    with pytest.raises(Built):
+        setup_lib.setup(config, str(tmp_path / "run"))
+    copy = tmp_path / "run" / coverage.SNAPSHOT
+    assert copy.read_bytes() == (out / coverage.COVERAGE).read_bytes()

@@ -65,6 +65,8 @@ from array_record.python.array_record_module import ArrayRecordReader
 from etils import epath
 
 COVERAGE = "coverage.json"
+# A training workdir's copy of its data's report, taken when the run starts.
+SNAPSHOT = "data_coverage.json"
 FORMAT = "siammae_jax.coverage/1"
 COLUMNS = ("label", "youtube_id", "time_start", "time_end", "split")
 DEFAULT_MATCH = "{youtube_id}_{time_start:06d}_{time_end:06d}"

@@ -11,13 +11,14 @@ meant: ``data.format=synthetic``, or an empty format with either no
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import ml_collections
 from absl import logging
 from etils import epath
 
-from siammae_jax.data import images, sources, synthetic
+from siammae_jax.data import coverage, images, sources, synthetic
 
 SKIPPED_VIDEOS = "skipped_videos.txt"  # in the workdir: unused files, with why
 
@@ -244,3 +245,45 @@ def _list_skipped(
         lines = [f"{path}\t{reason}\n" for path, reason in skipped]
         listing.write_text(f"# {report}: path<TAB>reason\n" + "".join(lines))
     logging.info("%s (see %s)", report, listing)
+
+
+def coverage_report(data: Mapping[str, Any]) -> epath.Path | None:
+    """The ``coverage.json`` of a config's ``data`` section (a prepared folder
+    or a TFDS dataset's folder), or None."""
+    if data.get("format") == "tfds" and data.get("tfds_name"):
+        import tensorflow_datasets as tfds  # noqa: PLC0415 (heavy; this route only)
+
+        import siammae_jax.data.tfds  # noqa: F401, PLC0415 (registers the builders)
+
+        name, data_dir = data["tfds_name"], data.get("tfds_data_dir") or None
+        try:
+            folder = epath.Path(tfds.builder(name, data_dir=data_dir).data_path)
+        except (tfds.core.registered.DatasetNotFoundError, ValueError) as e:
+            logging.warning("no coverage for tfds:%s (%s in %s): %s", name,
+                            type(e).__name__, data_dir, e)  # fmt: skip
+            return None
+    elif data.get("path"):
+        folder = epath.Path(data["path"])
+    else:
+        return None
+    path = folder / coverage.COVERAGE
+    return path if path.exists() else None
+
+
+def snapshot_coverage(
+    data: Mapping[str, Any], workdir: str | epath.Path
+) -> epath.Path | None:
+    """Copies the data's ``coverage.json`` into ``workdir`` as ``coverage.SNAPSHOT``
+    when a run starts, so the weights' model card describes the data they were
+    trained on even if the folder is prepared again later. A resumed run keeps
+    the first copy (and warns when the data's report has changed since)."""
+    found = coverage_report(data)
+    if found is None:
+        return None
+    copy = epath.Path(workdir) / coverage.SNAPSHOT
+    if not copy.exists():
+        copy.write_bytes(found.read_bytes())
+    elif copy.read_bytes() != found.read_bytes():
+        logging.warning("%s changed since this run began; the model card keeps the "
+                        "report of the start (%s)", found, copy)  # fmt: skip
+    return copy

@@ -82,6 +82,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     mesh = mesh_lib.make_mesh(config.mesh.to_dict())
     spec = data_spec.DataSpec.from_config(config.data, config.seed)
     main = jax.process_index() == 0
+    if main:
+        data_spec.snapshot_coverage(config.data.to_dict(), workdir)
     source = data_spec.open(
         spec, workdir, is_main=main, barrier=mesh_lib.barrier,
         length_rule=length_rule(config_lib.sampler(config)),

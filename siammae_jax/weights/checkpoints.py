@@ -13,10 +13,10 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
-from absl import logging
 from etils import epath
 
 from siammae_jax.data import coverage
+from siammae_jax.data import spec as data_spec
 from siammae_jax.models.definition import saved_model
 from siammae_jax.weights.layout import CHECKPOINTS, CONFIG_ITEM, STATE_ITEM
 
@@ -99,7 +99,8 @@ def describe(step_dir: epath.Path, config: dict[str, Any]) -> dict[str, Any]:
 
     Its data's ``coverage.json``, when it has one (``prepare`` or the
     ``video_folder`` builder given an annotation list), is summed up under
-    ``data.coverage`` (:func:`siammae_jax.data.coverage.card`), as it is now.
+    ``data.coverage`` (:func:`siammae_jax.data.coverage.card`): the copy the
+    run took when it started, else (older runs) the data's report as it is now.
     """
     data = config.get("data", {})
     info: dict[str, Any] = {
@@ -111,7 +112,10 @@ def describe(step_dir: epath.Path, config: dict[str, Any]) -> dict[str, Any]:
         "batch_size": config.get("batch_size"),
         "checkpoint": str(step_dir),
     }
-    found = _coverage_file(data)
+    workdir = step_dir.parent.parent
+    found = workdir / coverage.SNAPSHOT
+    if not found.exists():  # a run started before snapshots: the data's now
+        found = data_spec.coverage_report(data)
     if found is not None:
         info["data"]["coverage"] = coverage.card(found)
     metrics = step_dir.parent.parent / "metrics.jsonl"
@@ -125,26 +129,3 @@ def describe(step_dir: epath.Path, config: dict[str, Any]) -> dict[str, Any]:
         scores = {k: last[k] for k in sorted(last) if k.startswith(measured)}
         info["scores"] = scores
     return info
-
-
-def _coverage_file(data: dict[str, Any]) -> epath.Path | None:
-    """The ``coverage.json`` of a config's data (a prepared folder or a TFDS
-    dataset), or None."""
-    if data.get("format") == "tfds" and data.get("tfds_name"):
-        import tensorflow_datasets as tfds  # noqa: PLC0415 (heavy; this route only)
-
-        import siammae_jax.data.tfds  # noqa: F401, PLC0415 (registers the builders)
-
-        name, data_dir = data["tfds_name"], data.get("tfds_data_dir") or None
-        try:
-            folder = epath.Path(tfds.builder(name, data_dir=data_dir).data_path)
-        except (tfds.core.registered.DatasetNotFoundError, ValueError) as e:
-            logging.warning("no coverage for tfds:%s (%s in %s): %s", name,
-                            type(e).__name__, data_dir, e)  # fmt: skip
-            return None
-    elif data.get("path"):
-        folder = epath.Path(data["path"])
-    else:
-        return None
-    path = folder / coverage.COVERAGE
-    return path if path.exists() else None
