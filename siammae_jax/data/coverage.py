@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import hashlib
 import io
 import json
 import posixpath
@@ -63,6 +62,8 @@ from typing import Any
 import msgpack
 from array_record.python.array_record_module import ArrayRecordReader
 from etils import epath
+
+from siammae_jax import files
 
 COVERAGE = "coverage.json"
 # A training workdir's copy of its data's report, taken when the run starts.
@@ -323,7 +324,7 @@ def report(
     return {
         "format": result.pop("format"),
         "annotations": str(path),
-        "annotations_sha256": _sha256(path),
+        "annotations_sha256": files.sha256(path),
         **result,
     }
 
@@ -397,17 +398,9 @@ def card(path: str | epath.Path) -> dict[str, Any]:
     counts = {k: result["total"][k] for k in ("expected", *STATUSES)}
     return {
         "path": str(path),
-        "sha256": _sha256(path),
+        "sha256": files.sha256(path),
         "annotations": result["annotations"],
         "annotations_sha256": result["annotations_sha256"],
         **counts,
         "unlisted": len(result["unlisted"]),
     }
-
-
-def _sha256(path: epath.Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

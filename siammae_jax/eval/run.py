@@ -29,6 +29,7 @@ import numpy as np
 from etils import epath
 from flax import nnx
 
+from siammae_jax import files
 from siammae_jax.datasets import davis
 from siammae_jax.datasets import summary as summary_lib
 from siammae_jax.eval import config as eval_config
@@ -85,7 +86,7 @@ def _describe(where: epath.Path) -> dict[str, Any]:
     from siammae_jax.weights import exports
 
     if where.is_file():
-        return {"file_sha256": provenance.file_sha256(where)}
+        return {"file_sha256": files.sha256(where)}
     card = exports.read_model_card(where)
     return {"model_card": card} if card is not None else {}
 

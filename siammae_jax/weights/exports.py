@@ -21,7 +21,6 @@ not match, naming it.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import subprocess
 from collections.abc import Mapping
@@ -35,6 +34,7 @@ from etils import epath
 from flax import nnx
 from tqdm import tqdm
 
+from siammae_jax.files import sha256
 from siammae_jax.models import SiamMAE, vit
 from siammae_jax.version import __version__
 from siammae_jax.weights import params as params_lib
@@ -172,14 +172,6 @@ def _git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
-
-
-def sha256(path: epath.Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _weight_files(folder: epath.Path) -> list[epath.Path]:
